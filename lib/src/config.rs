@@ -1,0 +1,73 @@
+//! The environment contract: where the store, runtime files, libvirt and policy live.
+//!
+//! The variable names are fixed (tooling outside this repository sets them); the defaults are
+//! those of a real Qubes dom0.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Paths and URIs one call works with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `QUBES_XML_PATH`, default `/var/lib/qubes/qubes.xml`.
+    pub xml_path: PathBuf,
+    /// `QUBES_BASE_DIR`, default `/var/lib/qubes` (VM dirs `appvms/<name>`, `vm-templates/<name>`,
+    /// kernels under `vm-kernels/`).
+    pub base_dir: PathBuf,
+    /// `QUBES_LIBVIRT_URI`, default `xen:///`.
+    pub libvirt_uri: String,
+    /// `QUBES_RUN_DIR`, default `/run/qubes`: event log, runtime snapshot, lock files.
+    pub run_dir: PathBuf,
+    /// `QUBES_POLICY_DIR`, default `/etc/qubes/policy.d`.
+    pub policy_dir: PathBuf,
+    /// How long a writer waits for the qubes.xml lock before answering "busy"
+    /// (`QUBES_LOCK_TIMEOUT_MS`, default 10 s).
+    pub lock_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            xml_path: PathBuf::from("/var/lib/qubes/qubes.xml"),
+            base_dir: PathBuf::from("/var/lib/qubes"),
+            libvirt_uri: "xen:///".to_string(),
+            run_dir: PathBuf::from("/run/qubes"),
+            policy_dir: PathBuf::from("/etc/qubes/policy.d"),
+            lock_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the `QUBES_*` variables, falling back to the dom0 defaults.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|k| std::env::var_os(k))
+    }
+
+    /// Same as [`Config::from_env`] with an explicit lookup (for tests and embedding).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Self {
+        let mut c = Config::default();
+        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
+        if let Some(v) = nonempty("QUBES_XML_PATH") {
+            c.xml_path = v.into();
+        }
+        if let Some(v) = nonempty("QUBES_BASE_DIR") {
+            c.base_dir = v.into();
+        }
+        if let Some(v) = nonempty("QUBES_LIBVIRT_URI") {
+            c.libvirt_uri = v.to_string_lossy().into_owned();
+        }
+        if let Some(v) = nonempty("QUBES_RUN_DIR") {
+            c.run_dir = v.into();
+        }
+        if let Some(v) = nonempty("QUBES_POLICY_DIR") {
+            c.policy_dir = v.into();
+        }
+        if let Some(ms) = nonempty("QUBES_LOCK_TIMEOUT_MS")
+            .and_then(|v| v.to_str().and_then(|s| s.parse::<u64>().ok()))
+        {
+            c.lock_timeout = Duration::from_millis(ms);
+        }
+        c
+    }
+}

@@ -1,0 +1,103 @@
+//! What a handler gets: the resolved call and access to the store, runtime state and events.
+
+use std::cell::OnceCell;
+
+use crate::config::Config;
+use crate::dispatch::Method;
+use crate::error::ApiError;
+use crate::eventlog::Event;
+use crate::hypervisor::{Hypervisor, Runtime};
+use crate::store::{DomId, Document};
+
+/// The document a handler works on: shared for read-only calls, exclusive inside a write
+/// transaction.
+pub enum DocRef<'a> {
+    Read(&'a Document),
+    Write(&'a mut Document),
+}
+
+/// A resolved call. Handlers never see request bytes other than the payload, whose meaning
+/// depends on the call (e.g. the type of the property being set).
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub method: &'static Method,
+    /// The calling qube.
+    pub src: DomId,
+    /// The target qube (dom0 for global calls).
+    pub dest: DomId,
+    /// The argument (ASCII; empty when the method takes none).
+    pub arg: String,
+    pub payload: Vec<u8>,
+    doc: DocRef<'a>,
+    hv: &'a dyn Hypervisor,
+    runtime: OnceCell<Runtime>,
+    events: Vec<Event>,
+}
+
+impl<'a> Ctx<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: &'a Config,
+        method: &'static Method,
+        src: DomId,
+        dest: DomId,
+        arg: String,
+        payload: Vec<u8>,
+        doc: DocRef<'a>,
+        hv: &'a dyn Hypervisor,
+    ) -> Self {
+        Ctx { config, method, src, dest, arg, payload, doc, hv, runtime: OnceCell::new(), events: Vec::new() }
+    }
+
+    pub fn doc(&self) -> &Document {
+        match &self.doc {
+            DocRef::Read(d) => d,
+            DocRef::Write(d) => d,
+        }
+    }
+
+    /// The document for mutation; only write methods get one.
+    pub fn doc_mut(&mut self) -> Result<&mut Document, ApiError> {
+        match &mut self.doc {
+            DocRef::Write(d) => Ok(d),
+            DocRef::Read(_) => Err(ApiError::qubes(format!(
+                "internal error: {} is read-only but tried to modify qubes.xml",
+                self.method.name
+            ))),
+        }
+    }
+
+    /// Runtime state, queried once per call on first use.
+    pub fn runtime(&self) -> Result<&Runtime, ApiError> {
+        if let Some(r) = self.runtime.get() {
+            return Ok(r);
+        }
+        let r = self.hv.runtime()?;
+        Ok(self.runtime.get_or_init(|| r))
+    }
+
+    /// Records an event; it is appended to the event log after the call commits.
+    pub fn emit(&mut self, subject: &str, name: impl Into<String>, kwargs: &[(&str, &str)]) {
+        let kwargs = kwargs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.events.push(Event::new(subject, name, kwargs));
+    }
+
+    pub(crate) fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Name of the destination qube.
+    pub fn dest_name(&self) -> &str {
+        self.doc().name(self.dest)
+    }
+
+    /// Whether the caller is the AdminVM.
+    pub fn src_is_admin(&self) -> bool {
+        self.doc().class(self.src) == "AdminVM"
+    }
+
+    /// Whether the destination is the AdminVM.
+    pub fn dest_is_admin(&self) -> bool {
+        self.doc().class(self.dest) == "AdminVM"
+    }
+}

@@ -1,0 +1,285 @@
+//! The dispatch table: one row per method. Dispatch, the `/etc/qubes-rpc` name list, the policy
+//! files, the docs and the fuzz targets are all generated from [`METHODS`].
+//!
+//! To add a method: add one row here and one handler in the module named after its family.
+
+use crate::context::Ctx;
+use crate::error::ApiError;
+use crate::{label, property, vm_feature, vm_list, vm_notes, vm_property, vm_state, vm_tag, vmclass};
+
+/// Which destinations a method accepts (checked after payload and argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestRule {
+    /// Must be the AdminVM: `expected destination to be AdminVM`.
+    AdminVm,
+    /// Must not be the AdminVM: `expected destination to not be AdminVM`.
+    NotAdminVm,
+    Any,
+}
+
+/// Whether the argument (after `+`) or the payload must be present, absent, or either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Required,
+    Forbidden,
+    Optional,
+}
+
+/// Policy scope: `include/admin-<scope>-<ro|rwx>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Global,
+    Local,
+}
+
+/// Read-only calls run without the qubes.xml lock; the others run in a write transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Execute,
+}
+
+/// A handler: typed context in, reply body out.
+pub type Handler = fn(&mut Ctx<'_>) -> Result<Vec<u8>, ApiError>;
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Method {
+    pub name: &'static str,
+    pub dest: DestRule,
+    pub arg: Presence,
+    pub payload: Presence,
+    pub scope: Scope,
+    pub access: Access,
+    /// Installed as a qrexec service in `/etc/qubes-rpc` (the reference leaves out
+    /// `admin.vm.Suspend`/`Resume`).
+    pub qrexec: bool,
+    pub handler: Handler,
+}
+
+impl Method {
+    /// Whether the call runs in a write transaction.
+    pub fn writes(&self) -> bool {
+        self.access != Access::Read
+    }
+}
+
+use Access::*;
+use DestRule::*;
+use Presence::*;
+use Scope::*;
+
+const fn m(
+    name: &'static str,
+    dest: DestRule,
+    arg: Presence,
+    payload: Presence,
+    scope: Scope,
+    access: Access,
+    handler: Handler,
+) -> Method {
+    Method { name, dest, arg, payload, scope, access, qrexec: true, handler }
+}
+
+/// Every implemented method. `*.List` calls take an optional argument: the Admin API document's
+/// rule that a List given an object identifier returns just that entry.
+pub static METHODS: &[Method] = &[
+    m("admin.vmclass.List", AdminVm, Optional, Forbidden, Global, Read, vmclass::list),
+    m("admin.vm.List", Any, Forbidden, Forbidden, Global, Read, vm_list::list),
+    m("admin.vm.CurrentState", Any, Forbidden, Forbidden, Local, Read, vm_state::current_state),
+    m("admin.label.List", AdminVm, Optional, Forbidden, Global, Read, label::list),
+    m("admin.label.Get", AdminVm, Required, Forbidden, Global, Read, label::get),
+    m("admin.label.Index", AdminVm, Required, Forbidden, Global, Read, label::index),
+    m("admin.label.Create", AdminVm, Required, Required, Global, Write, label::create),
+    m("admin.label.Remove", AdminVm, Required, Forbidden, Global, Write, label::remove),
+    m("admin.property.List", AdminVm, Optional, Forbidden, Global, Read, property::list),
+    m("admin.property.Get", AdminVm, Required, Forbidden, Global, Read, property::get),
+    m("admin.property.GetAll", AdminVm, Forbidden, Forbidden, Global, Read, property::get_all),
+    m("admin.property.GetDefault", AdminVm, Required, Forbidden, Global, Read, property::get_default),
+    m("admin.property.Help", AdminVm, Required, Forbidden, Global, Read, property::help),
+    m("admin.property.HelpRst", AdminVm, Required, Forbidden, Global, Read, property::help_rst),
+    m("admin.property.Set", AdminVm, Required, Optional, Global, Write, property::set),
+    m("admin.property.Reset", AdminVm, Required, Forbidden, Global, Write, property::reset),
+    m("admin.vm.property.List", Any, Optional, Forbidden, Local, Read, vm_property::list),
+    m("admin.vm.property.Get", Any, Required, Forbidden, Local, Read, vm_property::get),
+    m("admin.vm.property.GetAll", Any, Forbidden, Forbidden, Local, Read, vm_property::get_all),
+    m("admin.vm.property.GetDefault", Any, Required, Forbidden, Local, Read, vm_property::get_default),
+    m("admin.vm.property.Help", Any, Required, Forbidden, Local, Read, vm_property::help),
+    m("admin.vm.property.HelpRst", Any, Required, Forbidden, Local, Read, vm_property::help_rst),
+    m("admin.vm.property.Set", Any, Required, Optional, Local, Write, vm_property::set),
+    m("admin.vm.property.Reset", Any, Required, Forbidden, Local, Write, vm_property::reset),
+    m("admin.vm.feature.List", Any, Optional, Forbidden, Local, Read, vm_feature::list),
+    m("admin.vm.feature.Get", Any, Required, Forbidden, Local, Read, vm_feature::get),
+    m("admin.vm.feature.CheckWithTemplate", Any, Required, Forbidden, Local, Read, vm_feature::check_with_template),
+    m("admin.vm.feature.CheckWithNetvm", Any, Required, Forbidden, Local, Read, vm_feature::check_with_netvm),
+    m("admin.vm.feature.CheckWithAdminVM", Any, Required, Forbidden, Local, Read, vm_feature::check_with_adminvm),
+    m(
+        "admin.vm.feature.CheckWithTemplateAndAdminVM",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_feature::check_with_template_and_adminvm,
+    ),
+    m("admin.vm.feature.Set", Any, Required, Optional, Local, Write, vm_feature::set),
+    m("admin.vm.feature.Remove", Any, Required, Forbidden, Local, Write, vm_feature::remove),
+    m("admin.vm.tag.List", Any, Optional, Forbidden, Local, Read, vm_tag::list),
+    m("admin.vm.tag.Get", Any, Required, Forbidden, Local, Read, vm_tag::get),
+    m("admin.vm.tag.Set", Any, Required, Forbidden, Local, Write, vm_tag::set),
+    m("admin.vm.tag.Remove", Any, Required, Forbidden, Local, Write, vm_tag::remove),
+    m("admin.vm.notes.Get", NotAdminVm, Forbidden, Forbidden, Local, Read, vm_notes::get),
+    m("admin.vm.notes.Set", NotAdminVm, Forbidden, Required, Local, Write, vm_notes::set),
+];
+
+/// Looks a method up by its exact name.
+pub fn find(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| m.name == name)
+}
+
+/// Every method the reference (qubes-core-admin 4.4.0) serves on its admin socket. A unit test
+/// lists which of these are not implemented yet.
+pub static REFERENCE_METHODS: &[&str] = &[
+    "admin.vmclass.List",
+    "admin.vm.List",
+    "admin.vm.Create.AdminVM",
+    "admin.vm.Create.AppVM",
+    "admin.vm.Create.DispVM",
+    "admin.vm.Create.RemoteVM",
+    "admin.vm.Create.StandaloneVM",
+    "admin.vm.Create.TemplateVM",
+    "admin.vm.CreateInPool.AdminVM",
+    "admin.vm.CreateInPool.AppVM",
+    "admin.vm.CreateInPool.DispVM",
+    "admin.vm.CreateInPool.RemoteVM",
+    "admin.vm.CreateInPool.StandaloneVM",
+    "admin.vm.CreateInPool.TemplateVM",
+    "admin.vm.CreateDisposable",
+    "admin.vm.Remove",
+    "admin.label.List",
+    "admin.label.Get",
+    "admin.label.Index",
+    "admin.label.Create",
+    "admin.label.Remove",
+    "admin.property.List",
+    "admin.property.Get",
+    "admin.property.GetAll",
+    "admin.property.GetDefault",
+    "admin.property.Help",
+    "admin.property.Set",
+    "admin.property.Reset",
+    "admin.vm.property.List",
+    "admin.vm.property.Get",
+    "admin.vm.property.GetAll",
+    "admin.vm.property.GetDefault",
+    "admin.vm.property.Help",
+    "admin.vm.property.Set",
+    "admin.vm.property.Reset",
+    "admin.vm.feature.List",
+    "admin.vm.feature.Get",
+    "admin.vm.feature.CheckWithTemplate",
+    "admin.vm.feature.CheckWithNetvm",
+    "admin.vm.feature.CheckWithAdminVM",
+    "admin.vm.feature.CheckWithTemplateAndAdminVM",
+    "admin.vm.feature.Remove",
+    "admin.vm.feature.Set",
+    "admin.vm.tag.List",
+    "admin.vm.tag.Get",
+    "admin.vm.tag.Set",
+    "admin.vm.tag.Remove",
+    "admin.vm.Start",
+    "admin.vm.Shutdown",
+    "admin.vm.Pause",
+    "admin.vm.Unpause",
+    "admin.vm.Suspend",
+    "admin.vm.Resume",
+    "admin.vm.Kill",
+    "admin.Events",
+    "admin.vm.Stats",
+    "admin.vm.CurrentState",
+    "admin.vm.notes.Get",
+    "admin.vm.notes.Set",
+    "admin.vm.Console",
+    "admin.vm.volume.List",
+    "admin.vm.volume.Info",
+    "admin.vm.volume.ListSnapshots",
+    "admin.vm.volume.Revert",
+    "admin.vm.volume.CloneFrom",
+    "admin.vm.volume.CloneTo",
+    "admin.vm.volume.Resize",
+    "admin.vm.volume.Clear",
+    "admin.vm.volume.Import",
+    "admin.vm.volume.ImportWithSize",
+    "admin.vm.volume.Set.revisions_to_keep",
+    "admin.vm.volume.Set.rw",
+    "admin.vm.volume.Set.ephemeral",
+    "admin.pool.List",
+    "admin.pool.ListDrivers",
+    "admin.pool.Info",
+    "admin.pool.UsageDetails",
+    "admin.pool.Add",
+    "admin.pool.Remove",
+    "admin.pool.Set.revisions_to_keep",
+    "admin.pool.Set.ephemeral_volatile",
+    "admin.pool.volume.List",
+    "admin.deviceclass.List",
+    "admin.vm.device.denied.List",
+    "admin.vm.device.denied.Add",
+    "admin.vm.device.denied.Remove",
+    "admin.vm.firewall.Get",
+    "admin.vm.firewall.Set",
+    "admin.vm.firewall.Reload",
+    "admin.backup.Execute",
+    "admin.backup.Cancel",
+    "admin.backup.Info",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_sorted_by_family() {
+        let mut names: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "duplicate method rows");
+    }
+
+    /// Lists what is left to implement; update it when a family lands.
+    #[test]
+    fn not_yet_implemented() {
+        let missing: Vec<&str> =
+            REFERENCE_METHODS.iter().copied().filter(|n| find(n).is_none()).collect();
+        let expected: Vec<&str> = REFERENCE_METHODS
+            .iter()
+            .copied()
+            .filter(|n| {
+                n.starts_with("admin.vm.Create")
+                    || n.starts_with("admin.vm.volume.")
+                    || n.starts_with("admin.pool.")
+                    || n.starts_with("admin.vm.device")
+                    || n.starts_with("admin.deviceclass.")
+                    || n.starts_with("admin.vm.firewall.")
+                    || n.starts_with("admin.backup.")
+                    || matches!(
+                        *n,
+                        "admin.vm.Remove"
+                            | "admin.vm.Start"
+                            | "admin.vm.Shutdown"
+                            | "admin.vm.Pause"
+                            | "admin.vm.Unpause"
+                            | "admin.vm.Suspend"
+                            | "admin.vm.Resume"
+                            | "admin.vm.Kill"
+                            | "admin.Events"
+                            | "admin.vm.Stats"
+                            | "admin.vm.Console"
+                    )
+            })
+            .collect();
+        assert_eq!(missing, expected);
+    }
+}

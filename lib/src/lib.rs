@@ -1,0 +1,142 @@
+//! qubes-admin: the Qubes OS Admin API (the calls `qubesd` serves) as an embeddable library.
+//!
+//! No daemon: each call opens the store, takes the qubes.xml lock only if it writes, runs, and
+//! returns the framed reply. A dom0 tool can link this crate and call in-process:
+//!
+//! ```no_run
+//! use qubes_admin::{Config, System, wire::{RawRequest, Target}};
+//! let mut sys = System::open(Config::from_env());
+//! let reply = sys.call(&RawRequest {
+//!     method: b"admin.vm.property.Get".to_vec(),
+//!     arg: b"label".to_vec(),
+//!     src: b"dom0".to_vec(),
+//!     target: Target::Name(b"work".to_vec()),
+//!     payload: Vec::new(),
+//! });
+//! assert!(reply.starts_with(b"0\0") || reply.starts_with(b"2\0"));
+//! ```
+
+pub mod config;
+pub mod context;
+pub mod dispatch;
+pub mod error;
+pub mod eventlog;
+pub mod hypervisor;
+pub mod names;
+pub mod request;
+pub mod store;
+pub mod ffi;
+pub mod wire;
+
+pub mod label;
+pub mod property;
+pub mod props;
+pub mod vm_feature;
+pub mod vm_list;
+pub mod vm_notes;
+pub mod vm_property;
+pub mod vm_state;
+pub mod vm_tag;
+pub mod vmclass;
+
+pub use config::Config;
+pub use error::{ApiError, ExcType};
+
+use context::{Ctx, DocRef};
+use hypervisor::Hypervisor;
+use store::{Document, FileStamp, WriteTxn};
+use wire::RawRequest;
+
+/// One Qubes system: a configuration, a runtime-state source and (for in-process users) a cached
+/// parse of qubes.xml that is reused while the file is unchanged.
+pub struct System {
+    config: Config,
+    hv: Box<dyn Hypervisor>,
+    cache: Option<(FileStamp, Document)>,
+}
+
+impl System {
+    /// Opens a system with the default runtime source for this configuration
+    /// (see [`hypervisor::default_for`]).
+    pub fn open(config: Config) -> System {
+        let hv = hypervisor::default_for(&config);
+        System::with_hypervisor(config, hv)
+    }
+
+    /// Opens a system with an explicit runtime source.
+    pub fn with_hypervisor(config: Config, hv: Box<dyn Hypervisor>) -> System {
+        System { config, hv, cache: None }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs one request and returns the framed reply (`0\0…` or `2\0…`).
+    pub fn call(&mut self, raw: &RawRequest) -> Vec<u8> {
+        wire::frame(&self.execute(raw))
+    }
+
+    /// Runs one request and returns the reply body or the exception.
+    pub fn execute(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
+        let method = std::str::from_utf8(&raw.method).ok().and_then(dispatch::find);
+        if method.is_some_and(|m| m.writes()) {
+            self.execute_write(raw)
+        } else {
+            self.execute_read(raw)
+        }
+    }
+
+    fn execute_write(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
+        self.cache = None;
+        let mut txn = WriteTxn::begin(&self.config.xml_path, self.config.lock_timeout)?;
+        let r = request::resolve_request(txn.doc(), raw)?;
+        let (body, events) = {
+            let mut ctx = Ctx::new(
+                &self.config,
+                r.method,
+                r.src,
+                r.dest,
+                r.arg,
+                raw.payload.clone(),
+                DocRef::Write(txn.doc_mut()),
+                self.hv.as_ref(),
+            );
+            let body = (r.method.handler)(&mut ctx)?;
+            (body, ctx.take_events())
+        };
+        txn.commit()?;
+        // Still under the qubes.xml lock: the log's order is the commit order.
+        if !events.is_empty() {
+            eventlog::append(&self.config.run_dir, &events).map_err(|e| {
+                ApiError::qubes(format!("the change was saved, but its events were not logged: {e}"))
+            })?;
+        }
+        drop(txn);
+        Ok(body)
+    }
+
+    fn execute_read(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
+        let stamp = store::stamp(&self.config.xml_path).ok();
+        let fresh = matches!((&self.cache, stamp), (Some((s, _)), Some(now)) if *s == now);
+        if !fresh {
+            let (doc, stamp) = store::load(&self.config.xml_path)?;
+            self.cache = Some((stamp, doc));
+        }
+        let Some((_, doc)) = &self.cache else {
+            return Err(ApiError::qubes("internal error: qubes.xml not loaded"));
+        };
+        let r = request::resolve_request(doc, raw)?;
+        let mut ctx = Ctx::new(
+            &self.config,
+            r.method,
+            r.src,
+            r.dest,
+            r.arg,
+            raw.payload.clone(),
+            DocRef::Read(doc),
+            self.hv.as_ref(),
+        );
+        (r.method.handler)(&mut ctx)
+    }
+}

@@ -1,0 +1,36 @@
+//! admin.property.* (global properties)
+
+use crate::context::Ctx;
+use crate::error::{ApiError, ExcType};
+
+pub fn list(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn get(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn get_all(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn get_default(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn help(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn help_rst(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn reset(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}

@@ -1,0 +1,1 @@
+//! Property definitions and semantics shared by admin.property.* and admin.vm.property.*.

@@ -1,0 +1,36 @@
+//! admin.vm.feature.*
+
+use crate::context::Ctx;
+use crate::error::{ApiError, ExcType};
+
+pub fn list(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn get(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn check_with_template(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn check_with_netvm(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn check_with_adminvm(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn check_with_template_and_adminvm(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}
+
+pub fn remove(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}

@@ -1,0 +1,8 @@
+//! admin.vmclass.List
+
+use crate::context::Ctx;
+use crate::error::{ApiError, ExcType};
+
+pub fn list(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+}

@@ -1,0 +1,193 @@
+//! Bytes in, bytes out: request framing of both front ends and reply framing.
+//!
+//! This is the only layer that sees untrusted request bytes. It turns them into a
+//! [`RawRequest`] whose fields are still byte strings (their meaning, e.g. ASCII-ness or VM name
+//! syntax, is checked in [`crate::request`] in the reference's order).
+
+use crate::error::ApiError;
+
+/// qubesd refuses requests (header + payload) larger than this.
+pub const MAX_REQUEST: usize = 65536;
+
+/// Where a call is addressed: `name <vm>` or `keyword <kw>` (only `adminvm` is valid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Name(Vec<u8>),
+    Keyword(Vec<u8>),
+}
+
+/// One request as framed by qrexec / the socket, not yet interpreted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRequest {
+    pub method: Vec<u8>,
+    pub arg: Vec<u8>,
+    pub src: Vec<u8>,
+    pub target: Target,
+    pub payload: Vec<u8>,
+}
+
+/// Splits `method+arg` at the first `+` (arg may contain more `+`, may be empty).
+pub fn split_service(service: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    match memchr::memchr(b'+', service) {
+        Some(i) => (
+            service.get(..i).unwrap_or_default().to_vec(),
+            service.get(i + 1..).unwrap_or_default().to_vec(),
+        ),
+        None => (service.to_vec(), Vec::new()),
+    }
+}
+
+/// Parses the qubesd socket framing:
+/// `<method>+<arg> <src> <name|keyword> <dest>\0<payload>`.
+///
+/// Where qubesd aborts the connection without a reply (no NUL, fewer than four header fields,
+/// an unknown target type, too long), we return a clear exception instead.
+pub fn parse_socket_request(buf: &[u8]) -> Result<RawRequest, ApiError> {
+    if buf.len() > MAX_REQUEST {
+        return Err(too_long(buf.len()));
+    }
+    let nul = memchr::memchr(0, buf)
+        .ok_or_else(|| ApiError::protocol("framing error: no NUL byte after the request header"))?;
+    let header = buf.get(..nul).unwrap_or_default();
+    let payload = buf.get(nul + 1..).unwrap_or_default().to_vec();
+    let mut fields = header.splitn(4, |&b| b == b' ');
+    let (Some(meth_arg), Some(src), Some(ttype), Some(dest)) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(ApiError::protocol(
+            "framing error: expected '<method>+<arg> <source> <target-type> <target>' header",
+        ));
+    };
+    let target = match ttype {
+        b"name" => Target::Name(dest.to_vec()),
+        b"keyword" => Target::Keyword(dest.to_vec()),
+        other => {
+            return Err(ApiError::protocol(format!(
+                "framing error: unknown target type '{}'",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    let (method, arg) = split_service(meth_arg);
+    Ok(RawRequest { method, arg, src: src.to_vec(), target, payload })
+}
+
+/// The exception sent for a request over [`MAX_REQUEST`] bytes.
+pub fn too_long(len: usize) -> ApiError {
+    ApiError::protocol(format!(
+        "request too long: {len} bytes or more (at most {MAX_REQUEST} bytes of header and payload)"
+    ))
+}
+
+/// Builds a request from qrexec's exec-service environment (`QREXEC_*` variables).
+///
+/// `service_full_name` is `QREXEC_SERVICE_FULL_NAME`; the request size limit applies to the
+/// reconstructed header plus payload, as for the socket.
+pub fn from_exec_env(
+    service_full_name: &[u8],
+    remote_domain: &[u8],
+    target_type: Option<&[u8]>,
+    target: Option<&[u8]>,
+    target_keyword: Option<&[u8]>,
+    payload: Vec<u8>,
+) -> Result<RawRequest, ApiError> {
+    let (method, arg) = split_service(service_full_name);
+    let target = match target_type {
+        Some(b"keyword") => Target::Keyword(target_keyword.unwrap_or_default().to_vec()),
+        Some(b"name") | None => Target::Name(target.unwrap_or_default().to_vec()),
+        Some(other) => {
+            return Err(ApiError::protocol(format!(
+                "unknown QREXEC_REQUESTED_TARGET_TYPE '{}'",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    let header_len = service_full_name.len() + remote_domain.len() + 16;
+    if header_len + payload.len() > MAX_REQUEST {
+        return Err(too_long(header_len + payload.len()));
+    }
+    Ok(RawRequest { method, arg, src: remote_domain.to_vec(), target, payload })
+}
+
+/// `0\0<body>`.
+pub fn frame_ok(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.extend_from_slice(b"0\0");
+    out.extend_from_slice(body);
+    out
+}
+
+/// `2\0<Type>\0<traceback>\0<message>\0` (we never send a traceback).
+pub fn frame_exception(e: &ApiError) -> Vec<u8> {
+    let mut out = Vec::with_capacity(e.msg.len() + 40);
+    out.extend_from_slice(b"2\0");
+    out.extend_from_slice(e.ty.as_str().as_bytes());
+    out.extend_from_slice(b"\0\0");
+    out.extend_from_slice(e.msg.as_bytes());
+    out.push(0);
+    out
+}
+
+/// Frames a handler result.
+pub fn frame(result: &Result<Vec<u8>, ApiError>) -> Vec<u8> {
+    match result {
+        Ok(body) => frame_ok(body),
+        Err(e) => frame_exception(e),
+    }
+}
+
+/// `1\0<subject>\0<event>\0(<key>\0<value>\0)*\0`; subject empty for the app object.
+pub fn frame_event(subject: &str, event: &str, kwargs: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"1\0");
+    out.extend_from_slice(subject.as_bytes());
+    out.push(0);
+    out.extend_from_slice(event.as_bytes());
+    out.push(0);
+    for (k, v) in kwargs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out.push(0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_framing() {
+        let r = parse_socket_request(b"admin.vm.property.Get+label dom0 name vm1\0").unwrap();
+        assert_eq!(r.method, b"admin.vm.property.Get");
+        assert_eq!(r.arg, b"label");
+        assert_eq!(r.src, b"dom0");
+        assert_eq!(r.target, Target::Name(b"vm1".to_vec()));
+        assert!(r.payload.is_empty());
+        let r = parse_socket_request(b"a+b+c src keyword adminvm\0pay\0load").unwrap();
+        assert_eq!((r.method.as_slice(), r.arg.as_slice()), (&b"a"[..], &b"b+c"[..]));
+        assert_eq!(r.payload, b"pay\0load");
+        // the 4th field keeps further spaces
+        let r = parse_socket_request(b"m+ s name a b\0").unwrap();
+        assert_eq!(r.target, Target::Name(b"a b".to_vec()));
+        assert!(parse_socket_request(b"admin.vm.List dom0\0").is_err());
+        assert!(parse_socket_request(b"admin.vm.List+ dom0 name dom0").is_err());
+        assert!(parse_socket_request(b"m+ s other x\0").is_err());
+        let big = vec![b'x'; MAX_REQUEST + 1];
+        assert!(parse_socket_request(&big).is_err());
+    }
+
+    #[test]
+    fn reply_frames() {
+        assert_eq!(frame(&Ok(b"x".to_vec())), b"0\0x");
+        let e = ApiError::new(crate::error::ExcType::QubesValueError, "");
+        assert_eq!(frame(&Err(e)), b"2\0QubesValueError\0\0\0");
+        assert_eq!(
+            frame_event("vm1", "domain-tag-add:t1", &[("tag".into(), "t1".into())]),
+            b"1\0vm1\0domain-tag-add:t1\0tag\0t1\0\0"
+        );
+        assert_eq!(frame_event("", "connection-established", &[]), b"1\0\0connection-established\0\0");
+    }
+}

@@ -1,0 +1,176 @@
+//! `qubes-admin-call`: one Admin API call per process.
+//!
+//! Front ends (one code path: [`qubes_admin::System::call`]):
+//! * **qrexec exec-service mode** — whenever `QREXEC_SERVICE_FULL_NAME` is set (or the binary is
+//!   invoked under an `admin.*` name). argv is then never read as options: qrexec passes the
+//!   call's argument as argv[1], so `admin.vm.List+--socket-request` must stay an argument.
+//! * `--socket-request` — one request in qubesd socket framing on stdin.
+//! * `call METHOD[+ARG] [DEST] [--src NAME]` — for humans: OK body on stdout, exception as
+//!   `Type: message` on stderr and exit status 1.
+//! * `methods` — the qrexec service names generated from the dispatch table.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::process::ExitCode;
+
+use qubes_admin::wire::{self, RawRequest, Target};
+use qubes_admin::{ApiError, Config, System};
+
+const USAGE: &str = "usage:
+  qubes-admin-call --socket-request        < '<method>+<arg> <src> name <dest>\\0<payload>'
+  qubes-admin-call call METHOD[+ARG] [DEST] [--src NAME]   (payload on stdin unless a tty)
+  qubes-admin-call methods                 (qrexec service names, one per line)
+  (as a qrexec service: QREXEC_SERVICE_FULL_NAME and friends in the environment)
+environment: QUBES_XML_PATH QUBES_BASE_DIR QUBES_LIBVIRT_URI QUBES_RUN_DIR QUBES_POLICY_DIR";
+
+fn main() -> ExitCode {
+    // A caller that disconnects must not interrupt an operation: finish, then exit.
+    qubes_admin::ffi::ignore_sigpipe();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let service = std::env::var_os("QREXEC_SERVICE_FULL_NAME");
+    let argv0 = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name().map(|n| n.as_bytes().to_vec()))
+        .unwrap_or_default();
+    if let Some(service) = service {
+        return exec_service(service.into_vec());
+    }
+    if argv0.starts_with(b"admin.") {
+        // Invoked through an /etc/qubes-rpc link without qrexec's variables: the method is the
+        // link name and argv[1] the argument (still never an option).
+        let mut full = argv0;
+        if let Some(arg) = args.get(1) {
+            full.push(b'+');
+            full.extend_from_slice(arg.as_bytes());
+        } else if !full.contains(&b'+') {
+            full.push(b'+');
+        }
+        return exec_service(full);
+    }
+    match args.get(1).map(|a| a.as_bytes()) {
+        Some(b"--socket-request") if args.len() == 2 => socket_request(),
+        Some(b"call") => human_call(args.get(2..).unwrap_or_default()),
+        Some(b"methods") if args.len() == 2 => {
+            let mut out = String::new();
+            for m in qubes_admin::dispatch::METHODS.iter().filter(|m| m.qrexec) {
+                out.push_str(m.name);
+                out.push('\n');
+            }
+            write_out(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Some(b"-h" | b"--help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+
+/// Reads stdin to EOF, at most `wire::MAX_REQUEST` bytes (one more byte means "too long").
+fn read_stdin() -> Result<Vec<u8>, ApiError> {
+    let mut buf = Vec::new();
+    let limit = wire::MAX_REQUEST as u64 + 1;
+    std::io::stdin()
+        .lock()
+        .take(limit)
+        .read_to_end(&mut buf)
+        .map_err(|e| ApiError::protocol(format!("cannot read the request: {e}")))?;
+    if buf.len() > wire::MAX_REQUEST {
+        return Err(wire::too_long(buf.len()));
+    }
+    Ok(buf)
+}
+
+fn write_out(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    // The caller may be gone; nothing to do about it.
+    let _ = out.write_all(bytes).and_then(|_| out.flush());
+}
+
+fn env_bytes(k: &str) -> Option<Vec<u8>> {
+    std::env::var_os(k).map(OsString::into_vec)
+}
+
+fn exec_service(service: Vec<u8>) -> ExitCode {
+    let result = read_stdin().and_then(|payload| {
+        wire::from_exec_env(
+            &service,
+            &env_bytes("QREXEC_REMOTE_DOMAIN").unwrap_or_default(),
+            env_bytes("QREXEC_REQUESTED_TARGET_TYPE").as_deref(),
+            env_bytes("QREXEC_REQUESTED_TARGET").as_deref(),
+            env_bytes("QREXEC_REQUESTED_TARGET_KEYWORD").as_deref(),
+            payload,
+        )
+    });
+    reply(result);
+    // qrexec's exit status is 0 even for an exception frame.
+    ExitCode::SUCCESS
+}
+
+fn socket_request() -> ExitCode {
+    reply(read_stdin().and_then(|buf| wire::parse_socket_request(&buf)));
+    ExitCode::SUCCESS
+}
+
+fn reply(request: Result<RawRequest, ApiError>) {
+    let bytes = match request {
+        Ok(raw) => System::open(Config::from_env()).call(&raw),
+        Err(e) => wire::frame_exception(&e),
+    };
+    write_out(&bytes);
+}
+
+fn human_call(args: &[OsString]) -> ExitCode {
+    let mut src = b"dom0".to_vec();
+    let mut positional = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_bytes() {
+            b"--src" => match it.next() {
+                Some(v) => src = v.as_bytes().to_vec(),
+                None => {
+                    eprintln!("--src needs a value\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            _ => positional.push(a.as_bytes().to_vec()),
+        }
+    }
+    let (service, dest) = match positional.as_slice() {
+        [s] => (s.clone(), b"dom0".to_vec()),
+        [s, d] => (s.clone(), d.clone()),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let payload = if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        Vec::new()
+    } else {
+        match read_stdin() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{}: {}", e.ty.as_str(), e.msg);
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let (method, arg) = wire::split_service(&service);
+    let raw = RawRequest { method, arg, src, target: Target::Name(dest), payload };
+    match System::open(Config::from_env()).execute(&raw) {
+        Ok(body) => {
+            write_out(&body);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {}", e.ty.as_str(), e.msg);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,183 @@
-#[test] fn placeholder() {}
+//! Front ends of `qubes-admin-call`: qrexec exec-service mode, `--socket-request`, the human
+//! `call` front end, mode selection as a security boundary, and framing errors.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qubes-admin-call");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gen10/qubes.xml");
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(FIXTURE, dir.path().join("qubes.xml")).unwrap();
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        Sandbox { dir }
+    }
+    fn xml(&self) -> PathBuf {
+        self.dir.path().join("qubes.xml")
+    }
+    fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("QUBES_XML_PATH", self.xml())
+            .env("QUBES_BASE_DIR", self.dir.path())
+            .env("QUBES_RUN_DIR", self.dir.path().join("run"))
+            .env("QUBES_LIBVIRT_URI", "test:///default")
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        c
+    }
+}
+
+fn run(mut c: Command, stdin: &[u8]) -> Output {
+    let mut child =
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn exec_service(sb: &Sandbox, service: &str, src: &str, target: &str, argv1: Option<&str>, stdin: &[u8]) -> Output {
+    let mut c = sb.command();
+    c.env("QREXEC_SERVICE_FULL_NAME", service).env("QREXEC_REMOTE_DOMAIN", src);
+    if let Some(kw) = target.strip_prefix('@') {
+        c.env("QREXEC_REQUESTED_TARGET_TYPE", "keyword").env("QREXEC_REQUESTED_TARGET_KEYWORD", kw);
+    } else {
+        c.env("QREXEC_REQUESTED_TARGET_TYPE", "name").env("QREXEC_REQUESTED_TARGET", target);
+    }
+    if let Some((_, arg)) = service.split_once('+') {
+        c.env("QREXEC_SERVICE_ARGUMENT", arg);
+    }
+    if let Some(a) = argv1 {
+        c.arg(a);
+    }
+    run(c, stdin)
+}
+
+fn socket(sb: &Sandbox, request: &[u8]) -> Output {
+    let mut c = sb.command();
+    c.arg("--socket-request");
+    run(c, request)
+}
+
+fn file_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+const CLASSES: &[u8] = b"0\0AdminVM\nAppVM\nDispVM\nRemoteVM\nStandaloneVM\nTemplateVM\n";
+
+#[test]
+fn exec_service_mode_replies_on_stdout_with_status_zero() {
+    let sb = Sandbox::new();
+    let out = exec_service(&sb, "admin.vmclass.List+", "dom0", "@adminvm", None, b"");
+    assert_eq!(out.stdout, CLASSES);
+    assert!(out.status.success());
+    // by name, as qrexec passes it for `dom0`
+    let out = exec_service(&sb, "admin.vm.tag.Get+guivm-dom0", "dom0", "vm0001", Some("guivm-dom0"), b"");
+    assert_eq!(out.stdout, b"0\x001");
+    // an exception is still exit status 0 (qrexec passes the frame back)
+    let out = exec_service(&sb, "admin.vm.tag.Get+bad!", "dom0", "vm0001", Some("bad!"), b"");
+    assert_eq!(out.stdout, b"2\0QubesInvalidTagError\0\0disallowed characters\0");
+    assert!(out.status.success());
+}
+
+#[test]
+fn exec_service_mode_never_reads_argv_as_options() {
+    let sb = Sandbox::new();
+    let before = file_bytes(&sb.xml());
+    // A qube calls admin.vm.List+--socket-request and sends a forged header claiming dom0.
+    let out = exec_service(
+        &sb,
+        "admin.vm.List+--socket-request",
+        "vm0001",
+        "@adminvm",
+        Some("--socket-request"),
+        b"admin.vm.tag.Set+x dom0 name vm0002\0",
+    );
+    // The forged header is the payload of the qube's own call: refused as such.
+    assert_eq!(out.stdout, b"2\0ProtocolError\0\0unexpected payload\0");
+    assert!(out.status.success());
+    assert_eq!(file_bytes(&sb.xml()), before);
+    // Same with `call`: still exec-service mode, the argument is just an argument.
+    let out = exec_service(&sb, "admin.vm.List+call", "vm0001", "@adminvm", Some("call"), b"");
+    assert_eq!(out.stdout, b"2\0ProtocolError\0\0unexpected argument\0");
+}
+
+#[test]
+fn socket_request_mode() {
+    let sb = Sandbox::new();
+    let out = socket(&sb, b"admin.vmclass.List+ dom0 keyword adminvm\0");
+    assert_eq!(out.stdout, CLASSES);
+    assert!(out.status.success());
+    let out = socket(&sb, b"admin.vmclass.List+ dom0 name dom0\0");
+    assert_eq!(out.stdout, CLASSES);
+    let out = socket(&sb, b"admin.vmclass.List+ dom0 name uuid:00000000-0000-0000-0000-000000000000\0");
+    assert_eq!(out.stdout, CLASSES);
+}
+
+#[test]
+fn framing_errors_get_exception_frames_not_silence() {
+    let sb = Sandbox::new();
+    for req in [
+        &b"admin.vm.List dom0\0"[..],
+        b"admin.vm.List+ dom0 name dom0",
+        b"admin.vm.List+ dom0 keyword default\0",
+        b"",
+    ] {
+        let out = socket(&sb, req);
+        assert!(out.stdout.starts_with(b"2\0ProtocolError\0\0"), "{req:?} -> {:?}", out.stdout);
+        assert_eq!(out.stdout.last(), Some(&0u8));
+    }
+    // Over the 65536-byte cap.
+    let mut big = b"admin.vm.notes.Set+ dom0 name vm0001\0".to_vec();
+    big.resize(65537, b'x');
+    let out = socket(&sb, &big);
+    assert!(out.stdout.starts_with(b"2\0ProtocolError\0\0request too long"), "{:?}", String::from_utf8_lossy(&out.stdout));
+    let out = exec_service(&sb, "admin.vm.notes.Set+", "dom0", "vm0001", None, &vec![b'x'; 65537]);
+    assert!(out.stdout.starts_with(b"2\0ProtocolError\0\0request too long"));
+}
+
+#[test]
+fn unknown_names_and_methods() {
+    let sb = Sandbox::new();
+    let out = socket(&sb, b"admin.no.Such+ dom0 name dom0\0");
+    assert_eq!(out.stdout, b"2\0ProtocolError\0\0no such method: 'admin.no.Such'\0");
+    // an unknown destination wins over an unknown method (decoded first)
+    let out = socket(&sb, b"admin.no.Such+ dom0 name nosuch\0");
+    assert_eq!(out.stdout, b"2\0QubesVMNotFoundError\0\0No such domain: 'nosuch'\0");
+    let out = socket(&sb, b"admin.vm.List+ nosuch name dom0\0");
+    assert_eq!(out.stdout, b"2\0QubesVMNotFoundError\0\0No such domain: 'nosuch'\0");
+    let out = socket(&sb, b"admin.vm.List+ dom0 name .x\0");
+    assert_eq!(
+        out.stdout,
+        b"2\0QubesValueError\0\0VM name cannot start with hyphen, underscore, dot or numbers\0"
+    );
+    let out = socket(&sb, b"admin.vm.List+ dom0 name uuid:1234\0");
+    assert_eq!(out.stdout, b"2\0QubesVMInvalidUUIDError\0\0VM UUID is not valid: '1234'\0");
+}
+
+#[test]
+fn human_front_end() {
+    let sb = Sandbox::new();
+    let mut c = sb.command();
+    c.args(["call", "admin.vmclass.List"]);
+    let out = run(c, b"");
+    assert!(out.status.success());
+    assert_eq!(out.stdout, &CLASSES[2..]);
+    let mut c = sb.command();
+    c.args(["call", "admin.vm.tag.Get+bad!", "vm0001"]);
+    let out = run(c, b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "QubesInvalidTagError: disallowed characters\n");
+    let mut c = sb.command();
+    c.args(["call", "admin.vm.tag.Get+created-by-dom0", "vm0001", "--src", "vm0002"]);
+    assert_eq!(run(c, b"").stdout, b"0");
+    let mut c = sb.command();
+    c.arg("--bogus");
+    assert_eq!(run(c, b"").status.code(), Some(2));
+}

@@ -283,3 +283,21 @@ mod tests {
         assert_eq!(missing, expected);
     }
 }
+
+#[cfg(test)]
+mod generated_files {
+    use super::*;
+
+    /// `qubes-rpc/services.list` is generated from the table: regenerate it with
+    /// `qubes-admin-call methods > qubes-rpc/services.list`.
+    #[test]
+    fn qrexec_service_list_is_current() {
+        let want: String =
+            METHODS.iter().filter(|m| m.qrexec).map(|m| format!("{}\n", m.name)).collect();
+        let have = include_str!("../../qubes-rpc/services.list");
+        assert_eq!(
+            have, want,
+            "qubes-rpc/services.list is stale: run `qubes-admin-call methods > qubes-rpc/services.list`"
+        );
+    }
+}

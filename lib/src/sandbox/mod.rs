@@ -1,0 +1,63 @@
+//! A sandbox dom0 under a local directory: an embedded default qubes.xml (written by the real
+//! qubesd: dom0, a fedora-41 template, sys-net, sys-firewall, default-dvm, work, personal,
+//! untrusted, vault) with the directory layout of `/var/lib/qubes`. No Xen needed: runtime
+//! state comes from libvirt's test driver.
+
+use std::io;
+use std::path::Path;
+
+use crate::Config;
+
+const DEFAULT_XML: &str = include_str!("default-qubes.xml");
+/// The kernel the embedded qubes.xml names as `default_kernel`.
+pub const KERNEL: &str = "6.6.0-test";
+
+/// Creates the sandbox in `dir` (which must not hold a qubes.xml yet) and returns its config.
+pub fn init(dir: &Path) -> io::Result<Config> {
+    let dir = std::path::absolute(dir)?;
+    let xml = dir.join("qubes.xml");
+    if xml.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists", xml.display()),
+        ));
+    }
+    let varlib = dir.join("varlib");
+    for sub in ["appvms", "vm-templates"] {
+        std::fs::create_dir_all(varlib.join(sub))?;
+    }
+    let kernel = varlib.join("vm-kernels").join(KERNEL);
+    std::fs::create_dir_all(&kernel)?;
+    for f in ["vmlinuz", "initramfs"] {
+        std::fs::write(kernel.join(f), b"")?;
+    }
+    std::fs::create_dir_all(dir.join("run"))?;
+    std::fs::create_dir_all(dir.join("etc/policy.d"))?;
+    let text = DEFAULT_XML.replace("@VARLIB@", &varlib.to_string_lossy());
+    std::fs::write(&xml, text)?;
+    Ok(config_for(&dir))
+}
+
+/// The configuration of a sandbox in `dir` (libvirt: the test driver).
+pub fn config_for(dir: &Path) -> Config {
+    Config {
+        xml_path: dir.join("qubes.xml"),
+        base_dir: dir.join("varlib"),
+        libvirt_uri: "test:///default".to_string(),
+        run_dir: dir.join("run"),
+        policy_dir: dir.join("etc/policy.d"),
+        ..Config::default()
+    }
+}
+
+/// Shell `export` lines for the sandbox's environment contract.
+pub fn env_lines(c: &Config) -> String {
+    format!(
+        "export QUBES_XML_PATH={}\nexport QUBES_BASE_DIR={}\nexport QUBES_LIBVIRT_URI='{}'\nexport QUBES_RUN_DIR={}\nexport QUBES_POLICY_DIR={}\n",
+        c.xml_path.display(),
+        c.base_dir.display(),
+        c.libvirt_uri,
+        c.run_dir.display(),
+        c.policy_dir.display()
+    )
+}

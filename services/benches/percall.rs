@@ -1,0 +1,262 @@
+//! Per-call benchmark: one exec of `qubes-admin-call` per request, as qrexec runs it, on
+//! generated qubes.xml files with 10, 100 and 1000 AppVMs; median latency and peak RSS per call,
+//! with the floor (`/bin/true` spawned the same way) measured in the same run, plus the
+//! in-process library and the binary's size and shared libraries. Writes `BENCHMARKS.md`.
+//!
+//! Run: `cargo bench -p qubes-admin-services --bench percall` (release build of the binaries
+//! first: `cargo build --release`). `BENCH_QUICK=1` runs fewer iterations.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qubes_admin::hypervisor::{HostInfo, Offline};
+use qubes_admin::wire::{RawRequest, Target};
+use qubes_admin::{Config, System};
+
+const FIXTURE: &str = include_str!("../../tests/fixtures/gen10/qubes.xml");
+
+fn main() {
+    if let Some(pos) = std::env::args().position(|a| a == "--rss-probe") {
+        rss_probe(std::env::args().skip(pos + 1).collect());
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = root.join("target/release/qubes-admin-call");
+    let eventd = root.join("target/release/qubes-admin-eventd");
+    assert!(bin.exists(), "build first: cargo build --release");
+    let quick = std::env::var_os("BENCH_QUICK").is_some();
+    let work = tempdir();
+    let mut rows = Vec::new();
+    let mut floor_med = Duration::ZERO;
+    for n in [10usize, 100, 1000] {
+        let dir = work.join(format!("n{n}"));
+        std::fs::create_dir_all(dir.join("run")).expect("mkdir");
+        std::fs::write(dir.join("qubes.xml"), generate(n)).expect("write qubes.xml");
+        let mut helper = Command::new(&eventd)
+            .envs(env_for(&dir))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qubes-admin-eventd");
+        wait_for(&dir.join("run/qubes-admin/eventd.sock"));
+        let iters = if quick { 30 } else if n == 1000 { 150 } else { 300 };
+        let floor = measure(Path::new("/bin/true"), &[], &dir, b"", iters);
+        floor_med = floor.0;
+        let vm = "vm0001";
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("property.Get", format!("admin.vm.property.Get+label dom0 name {vm}\0").into_bytes()),
+            ("global property.Get", b"admin.property.Get+default_netvm dom0 name dom0\0".to_vec()),
+            ("vm.List", b"admin.vm.List+ dom0 name dom0\0".to_vec()),
+            ("vm.property.GetAll", format!("admin.vm.property.GetAll+ dom0 name {vm}\0").into_bytes()),
+            ("property.GetAll", b"admin.property.GetAll+ dom0 name dom0\0".to_vec()),
+            ("feature.Set", format!("admin.vm.feature.Set+bench dom0 name {vm}\01").into_bytes()),
+            ("property.Set", format!("admin.vm.property.Set+memory dom0 name {vm}\0401").into_bytes()),
+        ];
+        rows.push(format!("| {n} | floor (/bin/true) | {} | {} | – |", ms(floor.0), kib(floor.1)));
+        for (name, req) in cases {
+            let r = measure(&bin, &["--socket-request"], &dir, &req, iters);
+            let reply = one_reply(&bin, &dir, &req);
+            assert!(reply.starts_with(b"0\0"), "{name} at {n}: {:?}", String::from_utf8_lossy(&reply));
+            rows.push(format!(
+                "| {n} | {name} | {} | {} | +{} |",
+                ms(r.0),
+                kib(r.1),
+                ms(r.0.saturating_sub(floor.0))
+            ));
+        }
+        let _ = helper.kill();
+        let _ = helper.wait();
+        println!("{}", rows.join("\n"));
+    }
+    let inproc = in_process(&work.join("n1000"));
+    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    let ldd = Command::new("ldd").arg(&bin).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let ldd_eventd =
+        Command::new("ldd").arg(&eventd).output().map(|o| String::from_utf8_lossy(&o.stdout).lines().count());
+    let mut md = String::new();
+    md.push_str("# Benchmarks\n\nProduced by `cargo build --release && cargo bench -p qubes-admin-services --bench percall`\n");
+    md.push_str(&format!(
+        "on {} ({} CPUs), {}.\n\nOne exec of `qubes-admin-call --socket-request` per call, request on stdin, reply read to EOF; \
+         median of {} runs (150 at 1000 VMs); peak RSS of one call (ru_maxrss). The floor is `/bin/true` spawned the same way in \
+         the same run; `+` is the median minus the floor. `qubes-admin-eventd` runs (runtime state over its socket).\n\n",
+        hostname(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        chrono_now(),
+        if quick { 30 } else { 300 }
+    ));
+    md.push_str("| VMs | call | median | peak RSS | over floor |\n|---|---|---|---|---|\n");
+    md.push_str(&rows.join("\n"));
+    md.push_str(&format!(
+        "\n\nIn-process library (`System::call`, qubes.xml unchanged, 1000 VMs): `property.Get` median {:.1} µs.\n\n",
+        inproc.as_secs_f64() * 1e6
+    ));
+    md.push_str(&format!("Binary `qubes-admin-call`: {} bytes (release, stripped). Shared libraries:\n\n```\n{}```\n", size, ldd.unwrap_or_default()));
+    md.push_str(&format!(
+        "\n`qubes-admin-eventd` (links libvirt) loads {} shared libraries.\n\nLast floor measured: {}.\n",
+        ldd_eventd.unwrap_or(0),
+        ms(floor_med)
+    ));
+    std::fs::write(root.join("BENCHMARKS.md"), md).expect("write BENCHMARKS.md");
+    println!("wrote BENCHMARKS.md");
+}
+
+fn env_for(dir: &Path) -> Vec<(String, String)> {
+    vec![
+        ("QUBES_XML_PATH".into(), dir.join("qubes.xml").display().to_string()),
+        ("QUBES_BASE_DIR".into(), dir.display().to_string()),
+        ("QUBES_RUN_DIR".into(), dir.join("run").display().to_string()),
+        ("QUBES_LIBVIRT_URI".into(), "test:///default".into()),
+    ]
+}
+
+/// Median wall time and peak RSS (KiB) over `iters` spawns.
+fn measure(bin: &Path, args: &[&str], dir: &Path, stdin: &[u8], iters: usize) -> (Duration, u64) {
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let _ = spawn_once(bin, args, dir, stdin);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let med = times.get(times.len() / 2).copied().unwrap_or_default();
+    let me = std::env::current_exe().expect("current_exe");
+    let out = Command::new(me)
+        .arg("--rss-probe")
+        .arg(bin)
+        .args(args)
+        .envs(env_for(dir))
+        .env("RSS_STDIN", String::from_utf8_lossy(stdin).replace('\0', "\\0"))
+        .output()
+        .expect("rss probe");
+    let rss = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    (med, rss)
+}
+
+fn spawn_once(bin: &Path, args: &[&str], dir: &Path, stdin: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .envs(env_for(dir))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(stdin);
+    }
+    child.wait_with_output().map(|o| o.stdout).unwrap_or_default()
+}
+
+fn one_reply(bin: &Path, dir: &Path, req: &[u8]) -> Vec<u8> {
+    spawn_once(bin, &["--socket-request"], dir, req)
+}
+
+/// Runs one command and prints the children's peak RSS in KiB.
+fn rss_probe(cmd: Vec<String>) {
+    let stdin = std::env::var("RSS_STDIN").unwrap_or_default().replace("\\0", "\0");
+    let Some((bin, args)) = cmd.split_first() else { return };
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(stdin.as_bytes());
+    }
+    let _ = child.wait();
+    let r = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    println!("{}", r.max_rss());
+}
+
+fn in_process(dir: &Path) -> Duration {
+    let config = Config {
+        xml_path: dir.join("qubes.xml"),
+        base_dir: dir.to_path_buf(),
+        run_dir: dir.join("run"),
+        ..Config::default()
+    };
+    let mut sys = System::with_hypervisor(config, Box::new(Offline { host: HostInfo { memory_mib: 3072, cpus: 16 } }));
+    let req = RawRequest {
+        method: b"admin.vm.property.Get".to_vec(),
+        arg: b"label".to_vec(),
+        src: b"dom0".to_vec(),
+        target: Target::Name(b"vm0500".to_vec()),
+        payload: Vec::new(),
+    };
+    let first = sys.call(&req);
+    assert!(first.starts_with(b"0\0"), "{:?}", String::from_utf8_lossy(&first));
+    let mut times = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        let r = sys.call(&req);
+        times.push(t.elapsed());
+        assert!(r.starts_with(b"0\0"));
+    }
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
+/// A qubes.xml with the fixture's base system (dom0, fedora-41, sys-net, sys-firewall,
+/// default-dvm) and `n` AppVMs shaped like the fixture's `vm0003`.
+fn generate(n: usize) -> String {
+    let first_vm = FIXTURE.find("    <domain id=\"domain-5\"").expect("fixture shape");
+    let head = FIXTURE.get(..first_vm).expect("head");
+    let start = FIXTURE.find("<property name=\"name\">vm0003<").expect("vm0003");
+    let dstart = FIXTURE.get(..start).and_then(|s| s.rfind("    <domain id=")).expect("domain start");
+    let dend = start + FIXTURE.get(start..).and_then(|s| s.find("</domain>\n")).expect("end") + "</domain>\n".len();
+    let block = FIXTURE.get(dstart..dend).expect("block");
+    let uuid_line = block.find("<property name=\"uuid\">").expect("uuid");
+    let old_uuid = block.get(uuid_line + 22..uuid_line + 58).expect("uuid text").to_string();
+    let labels = ["red", "orange", "yellow", "green", "gray", "blue", "purple", "black"];
+    let mut out = String::with_capacity(head.len() + n * block.len());
+    out.push_str(head);
+    for i in 0..n {
+        let qid = 5 + i;
+        let name = format!("vm{i:04}");
+        let b = block
+            .replace("vm0003", &name)
+            .replace("id=\"domain-8\"", &format!("id=\"domain-{qid}\""))
+            .replace("<property name=\"qid\">8<", &format!("<property name=\"qid\">{qid}<"))
+            .replace(&old_uuid, &format!("{:08x}-0000-4000-8000-{:012x}", i + 1, qid))
+            .replace("<property name=\"label\">green<", &format!("<property name=\"label\">{}<", labels[i % 8]));
+        out.push_str(&b);
+    }
+    out.push_str("  </domains>\n</qubes>\n");
+    out
+}
+
+fn wait_for(p: &Path) {
+    for _ in 0..500 {
+        if p.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qubes-admin-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn kib(k: u64) -> String {
+    format!("{:.1} MiB", k as f64 / 1024.0)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn chrono_now() -> String {
+    Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}

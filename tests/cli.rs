@@ -1,12 +1,22 @@
 //! Front ends of `qubes-admin-call`: qrexec exec-service mode, `--socket-request`, the human
 //! `call` front end, mode selection as a security boundary, and framing errors.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qubes-admin-call");
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gen10/qubes.xml");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/gen10/qubes.xml"
+);
 
 struct Sandbox {
     dir: tempfile::TempDir,
@@ -35,19 +45,33 @@ impl Sandbox {
 }
 
 fn run(mut c: Command, stdin: &[u8]) -> Output {
-    let mut child =
-        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
 }
 
-fn exec_service(sb: &Sandbox, service: &str, src: &str, target: &str, argv1: Option<&str>, stdin: &[u8]) -> Output {
+fn exec_service(
+    sb: &Sandbox,
+    service: &str,
+    src: &str,
+    target: &str,
+    argv1: Option<&str>,
+    stdin: &[u8],
+) -> Output {
     let mut c = sb.command();
-    c.env("QREXEC_SERVICE_FULL_NAME", service).env("QREXEC_REMOTE_DOMAIN", src);
+    c.env("QREXEC_SERVICE_FULL_NAME", service)
+        .env("QREXEC_REMOTE_DOMAIN", src);
     if let Some(kw) = target.strip_prefix('@') {
-        c.env("QREXEC_REQUESTED_TARGET_TYPE", "keyword").env("QREXEC_REQUESTED_TARGET_KEYWORD", kw);
+        c.env("QREXEC_REQUESTED_TARGET_TYPE", "keyword")
+            .env("QREXEC_REQUESTED_TARGET_KEYWORD", kw);
     } else {
-        c.env("QREXEC_REQUESTED_TARGET_TYPE", "name").env("QREXEC_REQUESTED_TARGET", target);
+        c.env("QREXEC_REQUESTED_TARGET_TYPE", "name")
+            .env("QREXEC_REQUESTED_TARGET", target);
     }
     if let Some((_, arg)) = service.split_once('+') {
         c.env("QREXEC_SERVICE_ARGUMENT", arg);
@@ -77,11 +101,28 @@ fn exec_service_mode_replies_on_stdout_with_status_zero() {
     assert_eq!(out.stdout, CLASSES);
     assert!(out.status.success());
     // by name, as qrexec passes it for `dom0`
-    let out = exec_service(&sb, "admin.vm.tag.Get+guivm-dom0", "dom0", "vm0001", Some("guivm-dom0"), b"");
+    let out = exec_service(
+        &sb,
+        "admin.vm.tag.Get+guivm-dom0",
+        "dom0",
+        "vm0001",
+        Some("guivm-dom0"),
+        b"",
+    );
     assert_eq!(out.stdout, b"0\x001");
     // an exception is still exit status 0 (qrexec passes the frame back)
-    let out = exec_service(&sb, "admin.vm.tag.Get+bad!", "dom0", "vm0001", Some("bad!"), b"");
-    assert_eq!(out.stdout, b"2\0QubesInvalidTagError\0\0disallowed characters\0");
+    let out = exec_service(
+        &sb,
+        "admin.vm.tag.Get+bad!",
+        "dom0",
+        "vm0001",
+        Some("bad!"),
+        b"",
+    );
+    assert_eq!(
+        out.stdout,
+        b"2\0QubesInvalidTagError\0\0disallowed characters\0"
+    );
     assert!(out.status.success());
 }
 
@@ -103,7 +144,14 @@ fn exec_service_mode_never_reads_argv_as_options() {
     assert!(out.status.success());
     assert_eq!(file_bytes(&sb.xml()), before);
     // Same with `call`: still exec-service mode, the argument is just an argument.
-    let out = exec_service(&sb, "admin.vm.List+call", "vm0001", "@adminvm", Some("call"), b"");
+    let out = exec_service(
+        &sb,
+        "admin.vm.List+call",
+        "vm0001",
+        "@adminvm",
+        Some("call"),
+        b"",
+    );
     assert_eq!(out.stdout, b"2\0ProtocolError\0\0unexpected argument\0");
 }
 
@@ -115,7 +163,10 @@ fn socket_request_mode() {
     assert!(out.status.success());
     let out = socket(&sb, b"admin.vmclass.List+ dom0 name dom0\0");
     assert_eq!(out.stdout, CLASSES);
-    let out = socket(&sb, b"admin.vmclass.List+ dom0 name uuid:00000000-0000-0000-0000-000000000000\0");
+    let out = socket(
+        &sb,
+        b"admin.vmclass.List+ dom0 name uuid:00000000-0000-0000-0000-000000000000\0",
+    );
     assert_eq!(out.stdout, CLASSES);
 }
 
@@ -129,35 +180,65 @@ fn framing_errors_get_exception_frames_not_silence() {
         b"",
     ] {
         let out = socket(&sb, req);
-        assert!(out.stdout.starts_with(b"2\0ProtocolError\0\0"), "{req:?} -> {:?}", out.stdout);
+        assert!(
+            out.stdout.starts_with(b"2\0ProtocolError\0\0"),
+            "{req:?} -> {:?}",
+            out.stdout
+        );
         assert_eq!(out.stdout.last(), Some(&0u8));
     }
     // Over the 65536-byte cap.
     let mut big = b"admin.vm.notes.Set+ dom0 name vm0001\0".to_vec();
     big.resize(65537, b'x');
     let out = socket(&sb, &big);
-    assert!(out.stdout.starts_with(b"2\0ProtocolError\0\0request too long"), "{:?}", String::from_utf8_lossy(&out.stdout));
-    let out = exec_service(&sb, "admin.vm.notes.Set+", "dom0", "vm0001", None, &vec![b'x'; 65537]);
-    assert!(out.stdout.starts_with(b"2\0ProtocolError\0\0request too long"));
+    assert!(
+        out.stdout
+            .starts_with(b"2\0ProtocolError\0\0request too long"),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = exec_service(
+        &sb,
+        "admin.vm.notes.Set+",
+        "dom0",
+        "vm0001",
+        None,
+        &vec![b'x'; 65537],
+    );
+    assert!(out
+        .stdout
+        .starts_with(b"2\0ProtocolError\0\0request too long"));
 }
 
 #[test]
 fn unknown_names_and_methods() {
     let sb = Sandbox::new();
     let out = socket(&sb, b"admin.no.Such+ dom0 name dom0\0");
-    assert_eq!(out.stdout, b"2\0ProtocolError\0\0no such method: 'admin.no.Such'\0");
+    assert_eq!(
+        out.stdout,
+        b"2\0ProtocolError\0\0no such method: 'admin.no.Such'\0"
+    );
     // an unknown destination wins over an unknown method (decoded first)
     let out = socket(&sb, b"admin.no.Such+ dom0 name nosuch\0");
-    assert_eq!(out.stdout, b"2\0QubesVMNotFoundError\0\0No such domain: 'nosuch'\0");
+    assert_eq!(
+        out.stdout,
+        b"2\0QubesVMNotFoundError\0\0No such domain: 'nosuch'\0"
+    );
     let out = socket(&sb, b"admin.vm.List+ nosuch name dom0\0");
-    assert_eq!(out.stdout, b"2\0QubesVMNotFoundError\0\0No such domain: 'nosuch'\0");
+    assert_eq!(
+        out.stdout,
+        b"2\0QubesVMNotFoundError\0\0No such domain: 'nosuch'\0"
+    );
     let out = socket(&sb, b"admin.vm.List+ dom0 name .x\0");
     assert_eq!(
         out.stdout,
         b"2\0QubesValueError\0\0VM name cannot start with hyphen, underscore, dot or numbers\0"
     );
     let out = socket(&sb, b"admin.vm.List+ dom0 name uuid:1234\0");
-    assert_eq!(out.stdout, b"2\0QubesVMInvalidUUIDError\0\0VM UUID is not valid: '1234'\0");
+    assert_eq!(
+        out.stdout,
+        b"2\0QubesVMInvalidUUIDError\0\0VM UUID is not valid: '1234'\0"
+    );
 }
 
 #[test]
@@ -173,9 +254,18 @@ fn human_front_end() {
     let out = run(c, b"");
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "QubesInvalidTagError: disallowed characters\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "QubesInvalidTagError: disallowed characters\n"
+    );
     let mut c = sb.command();
-    c.args(["call", "admin.vm.tag.Get+created-by-dom0", "vm0001", "--src", "vm0002"]);
+    c.args([
+        "call",
+        "admin.vm.tag.Get+created-by-dom0",
+        "vm0001",
+        "--src",
+        "vm0002",
+    ]);
     assert_eq!(run(c, b"").stdout, b"0");
     let mut c = sb.command();
     c.arg("--bogus");

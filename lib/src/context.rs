@@ -7,7 +7,7 @@ use crate::dispatch::Method;
 use crate::error::ApiError;
 use crate::eventlog::Event;
 use crate::hypervisor::{Hypervisor, Runtime};
-use crate::store::{DomId, Document};
+use crate::store::{Document, DomId};
 
 /// The document a handler works on: shared for read-only calls, exclusive inside a write
 /// transaction.
@@ -46,7 +46,18 @@ impl<'a> Ctx<'a> {
         doc: DocRef<'a>,
         hv: &'a dyn Hypervisor,
     ) -> Self {
-        Ctx { config, method, src, dest, arg, payload, doc, hv, runtime: OnceCell::new(), events: Vec::new() }
+        Ctx {
+            config,
+            method,
+            src,
+            dest,
+            arg,
+            payload,
+            doc,
+            hv,
+            runtime: OnceCell::new(),
+            events: Vec::new(),
+        }
     }
 
     pub fn doc(&self) -> &Document {
@@ -76,9 +87,18 @@ impl<'a> Ctx<'a> {
         Ok(self.runtime.get_or_init(|| r))
     }
 
+    /// The runtime-state source itself, for live per-domain queries
+    /// ([`Hypervisor::domain`]); prefer [`Ctx::runtime`] for the cached listing.
+    pub fn hypervisor(&self) -> &dyn Hypervisor {
+        self.hv
+    }
+
     /// Records an event; it is appended to the event log after the call commits.
     pub fn emit(&mut self, subject: &str, name: impl Into<String>, kwargs: &[(&str, &str)]) {
-        let kwargs = kwargs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let kwargs = kwargs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.events.push(Event::new(subject, name, kwargs));
     }
 

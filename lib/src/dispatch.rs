@@ -5,7 +5,9 @@
 
 use crate::context::Ctx;
 use crate::error::ApiError;
-use crate::{label, property, vm_feature, vm_list, vm_notes, vm_property, vm_state, vm_tag, vmclass};
+use crate::{
+    label, property, vm_feature, vm_list, vm_notes, vm_property, vm_state, vm_tag, vmclass,
+};
 
 /// Which destinations a method accepts (checked after payload and argument).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,41 +81,282 @@ const fn m(
     access: Access,
     handler: Handler,
 ) -> Method {
-    Method { name, dest, arg, payload, scope, access, qrexec: true, handler }
+    Method {
+        name,
+        dest,
+        arg,
+        payload,
+        scope,
+        access,
+        qrexec: true,
+        handler,
+    }
 }
 
 /// Every implemented method. `*.List` calls take an optional argument: the Admin API document's
 /// rule that a List given an object identifier returns just that entry.
 pub static METHODS: &[Method] = &[
-    m("admin.vmclass.List", AdminVm, Optional, Forbidden, Global, Read, vmclass::list),
-    m("admin.vm.List", Any, Forbidden, Forbidden, Global, Read, vm_list::list),
-    m("admin.vm.CurrentState", Any, Forbidden, Forbidden, Local, Read, vm_state::current_state),
-    m("admin.label.List", AdminVm, Optional, Forbidden, Global, Read, label::list),
-    m("admin.label.Get", AdminVm, Required, Forbidden, Global, Read, label::get),
-    m("admin.label.Index", AdminVm, Required, Forbidden, Global, Read, label::index),
-    m("admin.label.Create", AdminVm, Required, Required, Global, Write, label::create),
-    m("admin.label.Remove", AdminVm, Required, Forbidden, Global, Write, label::remove),
-    m("admin.property.List", AdminVm, Optional, Forbidden, Global, Read, property::list),
-    m("admin.property.Get", AdminVm, Required, Forbidden, Global, Read, property::get),
-    m("admin.property.GetAll", AdminVm, Forbidden, Forbidden, Global, Read, property::get_all),
-    m("admin.property.GetDefault", AdminVm, Required, Forbidden, Global, Read, property::get_default),
-    m("admin.property.Help", AdminVm, Required, Forbidden, Global, Read, property::help),
-    m("admin.property.HelpRst", AdminVm, Required, Forbidden, Global, Read, property::help_rst),
-    m("admin.property.Set", AdminVm, Required, Optional, Global, Write, property::set),
-    m("admin.property.Reset", AdminVm, Required, Forbidden, Global, Write, property::reset),
-    m("admin.vm.property.List", Any, Optional, Forbidden, Local, Read, vm_property::list),
-    m("admin.vm.property.Get", Any, Required, Forbidden, Local, Read, vm_property::get),
-    m("admin.vm.property.GetAll", Any, Forbidden, Forbidden, Local, Read, vm_property::get_all),
-    m("admin.vm.property.GetDefault", Any, Required, Forbidden, Local, Read, vm_property::get_default),
-    m("admin.vm.property.Help", Any, Required, Forbidden, Local, Read, vm_property::help),
-    m("admin.vm.property.HelpRst", Any, Required, Forbidden, Local, Read, vm_property::help_rst),
-    m("admin.vm.property.Set", Any, Required, Optional, Local, Write, vm_property::set),
-    m("admin.vm.property.Reset", Any, Required, Forbidden, Local, Write, vm_property::reset),
-    m("admin.vm.feature.List", Any, Optional, Forbidden, Local, Read, vm_feature::list),
-    m("admin.vm.feature.Get", Any, Required, Forbidden, Local, Read, vm_feature::get),
-    m("admin.vm.feature.CheckWithTemplate", Any, Required, Forbidden, Local, Read, vm_feature::check_with_template),
-    m("admin.vm.feature.CheckWithNetvm", Any, Required, Forbidden, Local, Read, vm_feature::check_with_netvm),
-    m("admin.vm.feature.CheckWithAdminVM", Any, Required, Forbidden, Local, Read, vm_feature::check_with_adminvm),
+    m(
+        "admin.vmclass.List",
+        AdminVm,
+        Optional,
+        Forbidden,
+        Global,
+        Read,
+        vmclass::list,
+    ),
+    m(
+        "admin.vm.List",
+        Any,
+        Forbidden,
+        Forbidden,
+        Global,
+        Read,
+        vm_list::list,
+    ),
+    m(
+        "admin.vm.CurrentState",
+        Any,
+        Forbidden,
+        Forbidden,
+        Local,
+        Read,
+        vm_state::current_state,
+    ),
+    m(
+        "admin.label.List",
+        AdminVm,
+        Optional,
+        Forbidden,
+        Global,
+        Read,
+        label::list,
+    ),
+    m(
+        "admin.label.Get",
+        AdminVm,
+        Required,
+        Forbidden,
+        Global,
+        Read,
+        label::get,
+    ),
+    m(
+        "admin.label.Index",
+        AdminVm,
+        Required,
+        Forbidden,
+        Global,
+        Read,
+        label::index,
+    ),
+    m(
+        "admin.label.Create",
+        AdminVm,
+        Required,
+        Required,
+        Global,
+        Write,
+        label::create,
+    ),
+    m(
+        "admin.label.Remove",
+        AdminVm,
+        Required,
+        Forbidden,
+        Global,
+        Write,
+        label::remove,
+    ),
+    m(
+        "admin.property.List",
+        AdminVm,
+        Optional,
+        Forbidden,
+        Global,
+        Read,
+        property::list,
+    ),
+    m(
+        "admin.property.Get",
+        AdminVm,
+        Required,
+        Forbidden,
+        Global,
+        Read,
+        property::get,
+    ),
+    m(
+        "admin.property.GetAll",
+        AdminVm,
+        Forbidden,
+        Forbidden,
+        Global,
+        Read,
+        property::get_all,
+    ),
+    m(
+        "admin.property.GetDefault",
+        AdminVm,
+        Required,
+        Forbidden,
+        Global,
+        Read,
+        property::get_default,
+    ),
+    m(
+        "admin.property.Help",
+        AdminVm,
+        Required,
+        Forbidden,
+        Global,
+        Read,
+        property::help,
+    ),
+    m(
+        "admin.property.HelpRst",
+        AdminVm,
+        Required,
+        Forbidden,
+        Global,
+        Read,
+        property::help_rst,
+    ),
+    m(
+        "admin.property.Set",
+        AdminVm,
+        Required,
+        Optional,
+        Global,
+        Write,
+        property::set,
+    ),
+    m(
+        "admin.property.Reset",
+        AdminVm,
+        Required,
+        Forbidden,
+        Global,
+        Write,
+        property::reset,
+    ),
+    m(
+        "admin.vm.property.List",
+        Any,
+        Optional,
+        Forbidden,
+        Local,
+        Read,
+        vm_property::list,
+    ),
+    m(
+        "admin.vm.property.Get",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_property::get,
+    ),
+    m(
+        "admin.vm.property.GetAll",
+        Any,
+        Forbidden,
+        Forbidden,
+        Local,
+        Read,
+        vm_property::get_all,
+    ),
+    m(
+        "admin.vm.property.GetDefault",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_property::get_default,
+    ),
+    m(
+        "admin.vm.property.Help",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_property::help,
+    ),
+    m(
+        "admin.vm.property.HelpRst",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_property::help_rst,
+    ),
+    m(
+        "admin.vm.property.Set",
+        Any,
+        Required,
+        Optional,
+        Local,
+        Write,
+        vm_property::set,
+    ),
+    m(
+        "admin.vm.property.Reset",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Write,
+        vm_property::reset,
+    ),
+    m(
+        "admin.vm.feature.List",
+        Any,
+        Optional,
+        Forbidden,
+        Local,
+        Read,
+        vm_feature::list,
+    ),
+    m(
+        "admin.vm.feature.Get",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_feature::get,
+    ),
+    m(
+        "admin.vm.feature.CheckWithTemplate",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_feature::check_with_template,
+    ),
+    m(
+        "admin.vm.feature.CheckWithNetvm",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_feature::check_with_netvm,
+    ),
+    m(
+        "admin.vm.feature.CheckWithAdminVM",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_feature::check_with_adminvm,
+    ),
     m(
         "admin.vm.feature.CheckWithTemplateAndAdminVM",
         Any,
@@ -123,14 +366,78 @@ pub static METHODS: &[Method] = &[
         Read,
         vm_feature::check_with_template_and_adminvm,
     ),
-    m("admin.vm.feature.Set", Any, Required, Optional, Local, Write, vm_feature::set),
-    m("admin.vm.feature.Remove", Any, Required, Forbidden, Local, Write, vm_feature::remove),
-    m("admin.vm.tag.List", Any, Optional, Forbidden, Local, Read, vm_tag::list),
-    m("admin.vm.tag.Get", Any, Required, Forbidden, Local, Read, vm_tag::get),
-    m("admin.vm.tag.Set", Any, Required, Forbidden, Local, Write, vm_tag::set),
-    m("admin.vm.tag.Remove", Any, Required, Forbidden, Local, Write, vm_tag::remove),
-    m("admin.vm.notes.Get", NotAdminVm, Forbidden, Forbidden, Local, Read, vm_notes::get),
-    m("admin.vm.notes.Set", NotAdminVm, Forbidden, Required, Local, Write, vm_notes::set),
+    m(
+        "admin.vm.feature.Set",
+        Any,
+        Required,
+        Optional,
+        Local,
+        Write,
+        vm_feature::set,
+    ),
+    m(
+        "admin.vm.feature.Remove",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Write,
+        vm_feature::remove,
+    ),
+    m(
+        "admin.vm.tag.List",
+        Any,
+        Optional,
+        Forbidden,
+        Local,
+        Read,
+        vm_tag::list,
+    ),
+    m(
+        "admin.vm.tag.Get",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Read,
+        vm_tag::get,
+    ),
+    m(
+        "admin.vm.tag.Set",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Write,
+        vm_tag::set,
+    ),
+    m(
+        "admin.vm.tag.Remove",
+        Any,
+        Required,
+        Forbidden,
+        Local,
+        Write,
+        vm_tag::remove,
+    ),
+    m(
+        "admin.vm.notes.Get",
+        NotAdminVm,
+        Forbidden,
+        Forbidden,
+        Local,
+        Read,
+        vm_notes::get,
+    ),
+    m(
+        "admin.vm.notes.Set",
+        NotAdminVm,
+        Forbidden,
+        Required,
+        Local,
+        Write,
+        vm_notes::set,
+    ),
 ];
 
 /// Looks a method up by its exact name.
@@ -251,8 +558,11 @@ mod tests {
     /// Lists what is left to implement; update it when a family lands.
     #[test]
     fn not_yet_implemented() {
-        let missing: Vec<&str> =
-            REFERENCE_METHODS.iter().copied().filter(|n| find(n).is_none()).collect();
+        let missing: Vec<&str> = REFERENCE_METHODS
+            .iter()
+            .copied()
+            .filter(|n| find(n).is_none())
+            .collect();
         let expected: Vec<&str> = REFERENCE_METHODS
             .iter()
             .copied()
@@ -292,8 +602,11 @@ mod generated_files {
     /// `qubes-admin-call methods > qubes-rpc/services.list`.
     #[test]
     fn qrexec_service_list_is_current() {
-        let want: String =
-            METHODS.iter().filter(|m| m.qrexec).map(|m| format!("{}\n", m.name)).collect();
+        let want: String = METHODS
+            .iter()
+            .filter(|m| m.qrexec)
+            .map(|m| format!("{}\n", m.name))
+            .collect();
         let have = include_str!("../../qubes-rpc/services.list");
         assert_eq!(
             have, want,

@@ -88,7 +88,10 @@ impl std::error::Error for ApiError {}
 
 impl ApiError {
     pub fn new(ty: ExcType, msg: impl Into<String>) -> Self {
-        ApiError { ty, msg: msg.into() }
+        ApiError {
+            ty,
+            msg: msg.into(),
+        }
     }
     pub fn protocol(msg: impl Into<String>) -> Self {
         Self::new(ExcType::ProtocolError, msg)
@@ -107,7 +110,10 @@ impl ApiError {
     }
     /// `QubesVMNotFoundError "No such domain: '<name>'"`.
     pub fn vm_not_found(name: &str) -> Self {
-        Self::new(ExcType::QubesVMNotFoundError, format!("No such domain: '{name}'"))
+        Self::new(
+            ExcType::QubesVMNotFoundError,
+            format!("No such domain: '{name}'"),
+        )
     }
     /// `QubesNoSuchPropertyError "Invalid property '<p>' of <holder>"`.
     pub fn no_such_property(prop: &str, holder: &str) -> Self {

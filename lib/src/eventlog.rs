@@ -1,7 +1,19 @@
 //! The append-only event log in `QUBES_RUN_DIR` that `admin.Events` streams. OWNER: store helper.
 //! Format documented in `docs/event-log.md`.
+//!
+//! Files (in `<run_dir>/qubes-admin/`):
+//! * `events.log`: records `#<seq> <len>\n<frame>\n`, where `<frame>` is exactly the wire frame
+//!   of the event (`1\0<subject>\0<event>\0(k\0v\0)*\0`, [`Event::frame`]) and `<len>` its
+//!   length in bytes. Sequence numbers start at 1 and grow by exactly 1 per record.
+//! * `events.lock`: the writers' lock (std `File::lock`, i.e. `flock`). Its content is a hint
+//!   `<seq> <offset> <check>\n` (the last sequence number and the end offset of the log after the
+//!   last append) so that a writer does not have to read the whole log; the log itself is the
+//!   truth and is rescanned whenever the hint does not fit.
 
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 /// One event as the reference fires it: subject is the VM name, or empty for the app object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,11 +25,38 @@ pub struct Event {
 
 impl Event {
     pub fn new(subject: &str, name: impl Into<String>, kwargs: Vec<(String, String)>) -> Self {
-        Event { subject: subject.to_string(), name: name.into(), kwargs }
+        Event {
+            subject: subject.to_string(),
+            name: name.into(),
+            kwargs,
+        }
     }
     /// The wire frame `1\0<subject>\0<event>\0(k\0v\0)*\0`.
     pub fn frame(&self) -> Vec<u8> {
         crate::wire::frame_event(&self.subject, &self.name, &self.kwargs)
+    }
+
+    /// Parses a wire frame back (inverse of [`Event::frame`]).
+    pub fn from_frame(frame: &[u8]) -> Option<Event> {
+        let body = frame.strip_prefix(b"1\0")?.strip_suffix(b"\0")?;
+        // body = subject \0 name \0 (k \0 v \0)*  → split gives [subject, name, k, v, ..., ""]
+        let mut parts: Vec<&[u8]> = body.split(|&b| b == 0).collect();
+        if parts.pop() != Some(&[][..]) || parts.len() < 2 || !parts.len().is_multiple_of(2) {
+            return None;
+        }
+        let s = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+        let mut it = parts.into_iter();
+        let subject = s(it.next()?)?;
+        let name = s(it.next()?)?;
+        let mut kwargs = Vec::new();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            kwargs.push((s(k)?, s(v)?));
+        }
+        Some(Event {
+            subject,
+            name,
+            kwargs,
+        })
     }
 }
 
@@ -31,16 +70,439 @@ pub enum EventLogError {
     },
     #[error("event log is corrupt at offset {offset}: {reason}")]
     Corrupt { offset: u64, reason: String },
+    /// An event that cannot be logged (a field contains NUL).
+    #[error("event cannot be logged: {0}")]
+    Invalid(String),
+}
+
+/// The directory holding the log: `<run_dir>/qubes-admin`.
+pub fn log_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("qubes-admin")
+}
+
+/// The log file: `<run_dir>/qubes-admin/events.log` (what an `admin.Events` tail watches).
+pub fn log_path(run_dir: &Path) -> PathBuf {
+    log_dir(run_dir).join("events.log")
+}
+
+fn lock_path(run_dir: &Path) -> PathBuf {
+    log_dir(run_dir).join("events.lock")
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> EventLogError + '_ {
+    move |source| EventLogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Result of parsing one record at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    /// A complete record: sequence number, frame, total record length.
+    Record {
+        seq: u64,
+        frame: &'a [u8],
+        len: usize,
+    },
+    /// The buffer ends inside a record (a writer is still writing, or a writer died: torn).
+    Incomplete,
+    /// Not a record.
+    Bad(&'static str),
+}
+
+/// Parses the record at the start of `buf` (see the module docs for the format).
+pub fn parse_record(buf: &[u8]) -> Parsed<'_> {
+    if buf.is_empty() {
+        return Parsed::Incomplete;
+    }
+    if buf.first() != Some(&b'#') {
+        return Parsed::Bad("record does not start with '#'");
+    }
+    let Some(nl) = memchr::memchr(b'\n', buf.get(..buf.len().min(48)).unwrap_or(&[])) else {
+        return if buf.len() < 48 {
+            Parsed::Incomplete
+        } else {
+            Parsed::Bad("record header too long")
+        };
+    };
+    let header = buf.get(1..nl).unwrap_or(&[]);
+    let mut fields = header.splitn(2, |&b| b == b' ');
+    let num = |b: Option<&[u8]>| -> Option<u64> {
+        let b = b?;
+        if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(b).ok()?.parse().ok()
+    };
+    let (Some(seq), Some(len)) = (num(fields.next()), num(fields.next())) else {
+        return Parsed::Bad("malformed record header");
+    };
+    let Ok(len) = usize::try_from(len) else {
+        return Parsed::Bad("record too long");
+    };
+    let start = nl + 1;
+    let Some(end) = start.checked_add(len) else {
+        return Parsed::Bad("record too long");
+    };
+    match buf.get(end) {
+        None => Parsed::Incomplete,
+        Some(b'\n') => match buf.get(start..end) {
+            Some(frame) => Parsed::Record {
+                seq,
+                frame,
+                len: end + 1,
+            },
+            None => Parsed::Incomplete,
+        },
+        Some(_) => Parsed::Bad("record trailer missing"),
+    }
+}
+
+fn encode(seq: u64, frame: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("#{seq} {}\n", frame.len()).as_bytes());
+    out.extend_from_slice(frame);
+    out.push(b'\n');
+}
+
+const HINT_LEN: usize = 62;
+
+fn hint_check(seq: u64, off: u64) -> u64 {
+    (seq ^ off.rotate_left(17)) ^ 0x5155_4245_5345_5654
+}
+
+fn write_hint(lock: &File, seq: u64, off: u64) {
+    let s = format!("{seq:020} {off:020} {:016x}\n", hint_check(seq, off));
+    // A lost hint only costs a rescan.
+    let _ = lock.write_all_at(s.as_bytes(), 0);
+}
+
+fn read_hint(lock: &File) -> Option<(u64, u64)> {
+    let mut b = [0u8; HINT_LEN];
+    lock.read_exact_at(&mut b, 0).ok()?;
+    let s = std::str::from_utf8(&b).ok()?;
+    let mut f = s.trim_end().split(' ');
+    let seq = f.next()?.parse().ok()?;
+    let off = f.next()?.parse().ok()?;
+    let chk = u64::from_str_radix(f.next()?, 16).ok()?;
+    (chk == hint_check(seq, off)).then_some((seq, off))
+}
+
+/// Under the writers' lock: finds the last sequence number and the end of the last complete
+/// record, truncating a torn or unparsable tail. Uses the hint when it fits.
+fn recover(log: &mut File, log_p: &Path, lock: &File) -> Result<(u64, u64), EventLogError> {
+    let size = log.metadata().map_err(io(log_p))?.len();
+    let (mut seq, mut off) = match read_hint(lock) {
+        Some((s, o)) if o <= size => (s, o),
+        _ => (0, 0),
+    };
+    if off == 0 {
+        seq = 0;
+    }
+    loop {
+        let mut tail = Vec::new();
+        log.seek(SeekFrom::Start(off)).map_err(io(log_p))?;
+        log.read_to_end(&mut tail).map_err(io(log_p))?;
+        if off != 0 && off < size {
+            // The hint must point at the record that follows it (a crash may have left the
+            // hint one append behind); otherwise rescan from the start.
+            if !matches!(parse_record(&tail), Parsed::Record { seq: s, .. } if s == seq + 1) {
+                seq = 0;
+                off = 0;
+                continue;
+            }
+        }
+        let mut pos = 0usize;
+        while let Parsed::Record { seq: s, len, .. } = parse_record(tail.get(pos..).unwrap_or(&[]))
+        {
+            seq = s;
+            pos += len;
+        }
+        let end = off + pos as u64;
+        if end < size {
+            // A torn (or unparsable) tail left by a writer that died: no live writer owns it,
+            // since we hold the lock.
+            log.set_len(end).map_err(io(log_p))?;
+        }
+        return Ok((seq, end));
+    }
 }
 
 /// Appends `events` (one lock, one write) and returns the sequence number of the last one.
+/// With no events, returns the current last sequence number.
 pub fn append(run_dir: &Path, events: &[Event]) -> Result<u64, EventLogError> {
-    let _ = (run_dir, events);
-    todo!("store helper")
+    for e in events {
+        let has_nul = e.subject.contains('\0')
+            || e.name.contains('\0')
+            || e.kwargs
+                .iter()
+                .any(|(k, v)| k.contains('\0') || v.contains('\0'));
+        if has_nul {
+            return Err(EventLogError::Invalid(format!(
+                "NUL in event '{}'",
+                e.name.replace('\0', "\\0")
+            )));
+        }
+    }
+    let dir = log_dir(run_dir);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let lock_p = lock_path(run_dir);
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_p)
+        .map_err(io(&lock_p))?;
+    lock.lock().map_err(io(&lock_p))?;
+    let log_p = log_path(run_dir);
+    let mut log = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(&log_p)
+        .map_err(io(&log_p))?;
+    let (mut seq, end) = recover(&mut log, &log_p, &lock)?;
+    if events.is_empty() {
+        return Ok(seq);
+    }
+    let mut buf = Vec::with_capacity(events.len() * 96);
+    for e in events {
+        seq += 1;
+        encode(seq, &e.frame(), &mut buf);
+    }
+    #[cfg(feature = "failpoints")]
+    if std::env::var_os("QUBES_ADMIN_FAILPOINT").is_some_and(|v| v == "during-event-append") {
+        let half = buf.get(..buf.len() / 2).unwrap_or(&[]);
+        let _ = log.write(half);
+        crate::store::failpoint("during-event-append");
+    }
+    let n = log.write(&buf).map_err(io(&log_p))?;
+    if n != buf.len() {
+        let _ = log.set_len(end);
+        return Err(EventLogError::Io {
+            path: log_p,
+            source: std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "short write to the event log",
+            ),
+        });
+    }
+    write_hint(&lock, seq, end + buf.len() as u64);
+    Ok(seq)
 }
 
-/// Reads every complete record with sequence number > `after`.
+/// Reads every complete record with sequence number > `after`. A torn or still-being-written
+/// trailing record is ignored. A missing log reads as empty.
 pub fn read_after(run_dir: &Path, after: u64) -> Result<Vec<(u64, Event)>, EventLogError> {
-    let _ = (run_dir, after);
-    todo!("store helper")
+    let log_p = log_path(run_dir);
+    let buf = match std::fs::read(&log_p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(EventLogError::Io {
+                path: log_p,
+                source: e,
+            })
+        }
+    };
+    let mut out = Vec::new();
+    let (recs, _) = parse_records(&buf, 0)?;
+    for (seq, frame, off) in recs {
+        if seq > after {
+            let ev = Event::from_frame(frame).ok_or_else(|| EventLogError::Corrupt {
+                offset: off,
+                reason: "malformed event frame".to_string(),
+            })?;
+            out.push((seq, ev));
+        }
+    }
+    Ok(out)
+}
+
+/// One record as [`parse_records`] returns it: sequence number, frame, file offset.
+pub type RawRecord<'a> = (u64, &'a [u8], u64);
+
+/// Parses the complete records in `buf` (which starts at file offset `base`, at a record
+/// boundary): `(seq, frame, offset)` each, plus the offset just after the last complete one
+/// (where a tail reader resumes). Stops quietly at an incomplete trailing record; a malformed
+/// record is [`EventLogError::Corrupt`].
+pub fn parse_records(buf: &[u8], base: u64) -> Result<(Vec<RawRecord<'_>>, u64), EventLogError> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    loop {
+        match parse_record(buf.get(pos..).unwrap_or(&[])) {
+            Parsed::Record { seq, frame, len } => {
+                out.push((seq, frame, base + pos as u64));
+                pos += len;
+            }
+            Parsed::Incomplete => return Ok((out, base + pos as u64)),
+            Parsed::Bad(reason) => {
+                return Err(EventLogError::Corrupt {
+                    offset: base + pos as u64,
+                    reason: reason.to_string(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+
+    fn ev(i: usize) -> Event {
+        Event::new(
+            "vm1",
+            format!("property-set:p{i}"),
+            vec![
+                ("name".into(), format!("p{i}")),
+                ("newvalue".into(), "a\nb\r\t \u{1F600}".into()),
+                ("oldvalue".into(), String::new()),
+            ],
+        )
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        for e in [
+            ev(1),
+            Event::new("", "connection-established", vec![]),
+            Event::new("", "", vec![(String::new(), String::new())]),
+        ] {
+            assert_eq!(Event::from_frame(&e.frame()), Some(e));
+        }
+    }
+
+    #[test]
+    fn append_read_sequence() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(read_after(d.path(), 0).unwrap(), vec![]);
+        assert_eq!(append(d.path(), &[ev(1)]).unwrap(), 1);
+        assert_eq!(append(d.path(), &[ev(2), ev(3)]).unwrap(), 3);
+        assert_eq!(append(d.path(), &[]).unwrap(), 3);
+        let all = read_after(d.path(), 0).unwrap();
+        assert_eq!(all.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(all[2].1, ev(3));
+        assert_eq!(read_after(d.path(), 2).unwrap().len(), 1);
+        assert!(append(d.path(), &[Event::new("a\0", "x", vec![])]).is_err());
+    }
+
+    #[test]
+    fn torn_tail_is_ignored_then_repaired() {
+        let d = tempfile::tempdir().unwrap();
+        append(d.path(), &[ev(1), ev(2)]).unwrap();
+        let p = log_path(d.path());
+        let good = std::fs::read(&p).unwrap();
+        let mut torn = Vec::new();
+        encode(3, &ev(3).frame(), &mut torn);
+        for cut in [1, 5, torn.len() / 2, torn.len() - 1] {
+            let mut b = good.clone();
+            b.extend_from_slice(&torn[..cut]);
+            std::fs::write(&p, &b).unwrap();
+            // Reader: ignores the torn record.
+            assert_eq!(read_after(d.path(), 0).unwrap().len(), 2);
+            // Writer: truncates it, continues the sequence.
+            assert_eq!(append(d.path(), &[ev(9)]).unwrap(), 3);
+            let all = read_after(d.path(), 0).unwrap();
+            assert_eq!(all.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+            assert_eq!(all[2].1, ev(9));
+            std::fs::write(&p, &good).unwrap();
+        }
+    }
+
+    #[test]
+    fn stale_or_bad_hint_rescans() {
+        let d = tempfile::tempdir().unwrap();
+        append(d.path(), &[ev(1), ev(2)]).unwrap();
+        std::fs::write(lock_path(d.path()), b"garbage").unwrap();
+        assert_eq!(append(d.path(), &[ev(3)]).unwrap(), 3);
+        // A hint pointing before the last record (as after a crash between write and hint).
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(lock_path(d.path()))
+            .unwrap();
+        write_hint(&lock, 1, 0);
+        assert_eq!(append(d.path(), &[ev(4)]).unwrap(), 4);
+        write_hint(&lock, 77, 5);
+        assert_eq!(append(d.path(), &[ev(5)]).unwrap(), 5);
+        let seqs: Vec<u64> = read_after(d.path(), 0)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn threads_keep_sequence_contiguous() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        append(&dir, &[ev(t * 1000 + i), ev(t * 1000 + i)]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let seqs: Vec<u64> = read_after(&dir, 0).unwrap().iter().map(|r| r.0).collect();
+        assert_eq!(seqs, (1..=400).collect::<Vec<u64>>());
+    }
+
+    /// Other processes: re-runs this test binary as writers (see `child_writer`).
+    #[test]
+    fn processes_keep_sequence_contiguous() {
+        let d = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let kids: Vec<_> = (0..3)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "eventlog::tests::child_writer",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env("EVENTLOG_CHILD_DIR", d.path())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for i in 0..40 {
+            append(d.path(), &[ev(i)]).unwrap();
+        }
+        for mut k in kids {
+            assert!(k.wait().unwrap().success());
+        }
+        let seqs: Vec<u64> = read_after(d.path(), 0)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, (1..=160).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn child_writer() {
+        let Some(dir) = std::env::var_os("EVENTLOG_CHILD_DIR") else {
+            return;
+        };
+        for i in 0..40 {
+            append(Path::new(&dir), &[ev(i)]).unwrap();
+        }
+    }
 }

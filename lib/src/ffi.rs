@@ -10,3 +10,132 @@ pub fn ignore_sigpipe() {
     // SAFETY: installing SIG_IGN runs no code in signal context; it cannot violate any invariant.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
 }
+
+/// libvirt FFI the `virt` crate does not wrap: domain lifecycle callbacks and a close that
+/// reports errors instead of panicking (`virt::Connect::drop` panics when the close fails).
+#[cfg(feature = "libvirt")]
+pub mod libvirt {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+
+    use virt::connect::Connect;
+    use virt::error::Error;
+    use virt::sys;
+
+    /// Called on the event-loop thread with the domain's UUID (canonical text) and libvirt's
+    /// lifecycle event and detail codes. It must return quickly and must not block on libvirt.
+    pub type LifecycleHandler = Box<dyn Fn(&str, i32, i32) + Send + Sync + 'static>;
+
+    /// A registered callback (for [`deregister_lifecycle`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct CallbackId(c_int);
+
+    unsafe extern "C" fn lifecycle_trampoline(
+        _conn: sys::virConnectPtr,
+        dom: sys::virDomainPtr,
+        event: c_int,
+        detail: c_int,
+        opaque: *mut c_void,
+    ) -> c_int {
+        if opaque.is_null() || dom.is_null() {
+            return 0;
+        }
+        // SAFETY: `opaque` is the `Box<LifecycleHandler>` leaked by `register_lifecycle`; libvirt
+        // frees it (through `free_handler`) only after the last callback has returned, so it is
+        // valid for the duration of this call. It is only read (`Fn`), and the handler is
+        // `Sync`, so concurrent callbacks are fine.
+        let handler = unsafe { &*(opaque as *const LifecycleHandler) };
+        let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+        // SAFETY: `dom` is a valid domain pointer for the duration of the callback (libvirt
+        // holds a reference), and `buf` has the VIR_UUID_STRING_BUFLEN bytes the call writes,
+        // NUL included.
+        if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } < 0 {
+            return 0;
+        }
+        // SAFETY: on success libvirt wrote a NUL-terminated string into `buf`.
+        let uuid = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        if let Ok(uuid) = uuid.to_str() {
+            handler(uuid, event, detail);
+        }
+        0
+    }
+
+    unsafe extern "C" fn free_handler(opaque: *mut c_void) {
+        if !opaque.is_null() {
+            // SAFETY: `opaque` came from `Box::into_raw` in `register_lifecycle`, and libvirt
+            // calls this free callback exactly once, after the callback is deregistered.
+            drop(unsafe { Box::from_raw(opaque as *mut LifecycleHandler) });
+        }
+    }
+
+    /// Registers `handler` for every domain's lifecycle events on `conn`. Events are delivered
+    /// by the default event loop (`virt::event::event_register_default_impl` must have run
+    /// before the connection was opened, and `event_run_default_impl` must be running).
+    pub fn register_lifecycle(
+        conn: &Connect,
+        handler: LifecycleHandler,
+    ) -> Result<CallbackId, Error> {
+        let opaque = Box::into_raw(Box::new(handler)) as *mut c_void;
+        let typed: unsafe extern "C" fn(
+            sys::virConnectPtr,
+            sys::virDomainPtr,
+            c_int,
+            c_int,
+            *mut c_void,
+        ) -> c_int = lifecycle_trampoline;
+        // SAFETY: this is what the C macro VIR_DOMAIN_EVENT_CALLBACK does: libvirt stores the
+        // generic pointer and calls it back with the lifecycle signature for
+        // VIR_DOMAIN_EVENT_ID_LIFECYCLE. Both are `extern "C"` function pointers of the same size.
+        let generic: sys::virConnectDomainEventGenericCallback = Some(unsafe {
+            std::mem::transmute::<
+                unsafe extern "C" fn(
+                    sys::virConnectPtr,
+                    sys::virDomainPtr,
+                    c_int,
+                    c_int,
+                    *mut c_void,
+                ) -> c_int,
+                unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+            >(typed)
+        });
+        // SAFETY: `conn` is a live connection (borrowed for the call); a null domain means "all
+        // domains"; `opaque` stays valid until libvirt calls `free_handler`.
+        let id = unsafe {
+            sys::virConnectDomainEventRegisterAny(
+                conn.as_ptr(),
+                std::ptr::null_mut(),
+                sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+                generic,
+                opaque,
+                Some(free_handler),
+            )
+        };
+        if id < 0 {
+            // Whether libvirt already called `free_handler` on this path is not documented, so the
+            // (small) handler is deliberately leaked rather than risking a double free.
+            return Err(Error::last_error());
+        }
+        Ok(CallbackId(id))
+    }
+
+    /// Removes a callback registered on `conn`; libvirt then frees its handler.
+    pub fn deregister_lifecycle(conn: &Connect, id: CallbackId) -> Result<(), Error> {
+        // SAFETY: `conn` is a live connection; an unknown id only makes libvirt return -1.
+        if unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id.0) } < 0 {
+            return Err(Error::last_error());
+        }
+        Ok(())
+    }
+
+    /// Closes `conn`, returning libvirt's error instead of panicking as `Connect::drop` does.
+    pub fn close(conn: Connect) -> Result<(), Error> {
+        // SAFETY: the pointer is taken from a live `Connect`, which is then forgotten so that its
+        // `Drop` does not close it a second time: exactly one reference is released here.
+        let ptr = unsafe { conn.as_ptr() };
+        std::mem::forget(conn);
+        // SAFETY: `ptr` holds the reference the forgotten `Connect` owned.
+        if unsafe { sys::virConnectClose(ptr) } < 0 {
+            return Err(Error::last_error());
+        }
+        Ok(())
+    }
+}

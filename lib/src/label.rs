@@ -1,24 +1,250 @@
-//! admin.label.*
+//! admin.label.* (`core.md` §3.6, §5). Label create/remove emit no events.
 
 use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
+use crate::names;
+use crate::store::{Document, Label};
 
+/// Indices up to this one are the default labels (`max_default_label`).
+pub const MAX_DEFAULT_LABEL: u32 = 8;
+
+/// `admin.label.List`: names in file order, each followed by `\n`; with an argument, just the
+/// label it identifies.
 pub fn list(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    let doc = ctx.doc();
+    if ctx.arg.is_empty() {
+        return Ok(doc
+            .labels()
+            .iter()
+            .flat_map(|l| format!("{}\n", l.name).into_bytes())
+            .collect());
+    }
+    names::validate_label_name(&ctx.arg, false)?;
+    let label = lookup(doc.labels(), &ctx.arg)?;
+    Ok(format!("{}\n", label.name).into_bytes())
 }
 
+/// `admin.label.Get`: the colour text.
 pub fn get(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    names::validate_label_name(&ctx.arg, false)?;
+    Ok(lookup(ctx.doc().labels(), &ctx.arg)?
+        .color
+        .clone()
+        .into_bytes())
 }
 
+/// `admin.label.Index`: the index in decimal.
 pub fn index(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    names::validate_label_name(&ctx.arg, false)?;
+    Ok(lookup(ctx.doc().labels(), &ctx.arg)?
+        .index
+        .to_string()
+        .into_bytes())
 }
 
+/// `admin.label.Create`: stores the validated, stripped colour under index max(8, existing) + 1.
 pub fn create(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    names::validate_label_name(&ctx.arg, true)?;
+    let color = names::validate_label_color(&ctx.payload)?;
+    let name = ctx.arg.clone();
+    let doc = ctx.doc_mut()?;
+    if lookup(doc.labels(), &name).is_ok() {
+        return Err(ApiError::new(
+            ExcType::QubesLabelInUseError,
+            format!("Label is still in use: {}", py_repr(&name)),
+        ));
+    }
+    let index = doc
+        .labels()
+        .iter()
+        .map(|l| l.index)
+        .fold(MAX_DEFAULT_LABEL, u32::max);
+    let index = index
+        .checked_add(1)
+        .ok_or_else(|| ApiError::qubes("no free label index left"))?;
+    doc.add_label(Label { index, color, name });
+    Ok(Vec::new())
 }
 
+/// `admin.label.Remove`: only custom labels that no VM (dom0 included) uses.
 pub fn remove(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    names::validate_label_name(&ctx.arg, false)?;
+    let label = lookup(ctx.doc().labels(), &ctx.arg)?.clone();
+    if label.index <= MAX_DEFAULT_LABEL {
+        return Err(ApiError::protocol("Can only remove custom labels"));
+    }
+    if label_in_use(ctx.doc(), &label.name)? {
+        return Err(ApiError::new(
+            ExcType::QubesLabelInUseError,
+            format!("Label is still in use: {}", label_repr(&label)),
+        ));
+    }
+    ctx.doc_mut()?.remove_label(&label.name);
+    Ok(Vec::new())
+}
+
+/// `get_label`: by name, then a Python-`int()` digit string as index.
+pub fn lookup<'l>(labels: &'l [Label], arg: &str) -> Result<&'l Label, ApiError> {
+    labels
+        .iter()
+        .find(|l| l.name == arg)
+        .or_else(|| py_int(arg).and_then(|i| by_index(labels, i)))
+        .ok_or_else(|| {
+            ApiError::new(
+                ExcType::QubesLabelNotFoundError,
+                format!("Label does not exist: {arg}"),
+            )
+        })
+}
+
+fn by_index(labels: &[Label], index: i64) -> Option<&Label> {
+    labels.iter().find(|l| i64::from(l.index) == index)
+}
+
+/// The label a stored VM `label` property value refers to: `label-N` (legacy, by index) or
+/// whatever [`lookup`] accepts.
+pub fn resolve_vm_label<'l>(labels: &'l [Label], value: &str) -> Option<&'l Label> {
+    match value.strip_prefix("label-") {
+        Some(n) => py_int(n).and_then(|i| by_index(labels, i)),
+        None => lookup(labels, value).ok(),
+    }
+}
+
+/// Whether any domain's stored label resolves to the label called `name`.
+fn label_in_use(doc: &Document, name: &str) -> Result<bool, ApiError> {
+    for id in doc.domains() {
+        let data = doc.data(id)?;
+        if let Some(value) = data.property("label") {
+            if resolve_vm_label(doc.labels(), value).is_some_and(|l| l.name == name) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Python `repr(Label)`: `Label(9, '0x00ffff', 'cyan')`.
+pub fn label_repr(l: &Label) -> String {
+    format!(
+        "Label({}, {}, {})",
+        l.index,
+        py_repr(&l.color),
+        py_repr(&l.name)
+    )
+}
+
+/// Python's `int(str)` for base 10: surrounding whitespace, an optional sign, digits with single
+/// underscores between them. `None` if Python would raise (or the value does not fit).
+pub fn py_int(s: &str) -> Option<i64> {
+    let t = s.trim_matches(|c: char| {
+        c.is_ascii_whitespace() || ('\x1c'..='\x1f').contains(&c) || c == '\x0b'
+    });
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, t.get(1..)?),
+        Some(b'+') => (false, t.get(1..)?),
+        _ => (false, t),
+    };
+    let b = digits.as_bytes();
+    let ok = b.first().is_some_and(u8::is_ascii_digit)
+        && b.last().is_some_and(u8::is_ascii_digit)
+        && b.iter().all(|c| c.is_ascii_digit() || *c == b'_')
+        && !digits.contains("__");
+    if !ok {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for c in b.iter().filter(|c| c.is_ascii_digit()) {
+        v = v.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// Python `repr(str)`: single quotes unless the text contains `'` and no `"`; backslash, the
+/// quote, TAB/LF/CR and other control characters escaped.
+pub fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {
+                let cp = u32::from(c);
+                if cp < 0x100 {
+                    out.push_str(&format!("\\x{cp:02x}"));
+                } else {
+                    out.push_str(&format!("\\u{cp:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<Label> {
+        let l = |index, color: &str, name: &str| Label {
+            index,
+            color: color.into(),
+            name: name.into(),
+        };
+        vec![
+            l(1, "0xcc0000", "red"),
+            l(3, "0xedd400", "yellow"),
+            l(9, "0x00ffff", "cyan"),
+        ]
+    }
+
+    #[test]
+    fn lookup_by_name_then_index() {
+        let ls = labels();
+        assert_eq!(lookup(&ls, "yellow").unwrap().index, 3);
+        assert_eq!(lookup(&ls, "3").unwrap().name, "yellow");
+        assert_eq!(lookup(&ls, "0_3").unwrap().name, "yellow");
+        assert_eq!(lookup(&ls, "09").unwrap().name, "cyan");
+        let e = lookup(&ls, "label-3").unwrap_err();
+        assert_eq!(e.ty, ExcType::QubesLabelNotFoundError);
+        assert_eq!(e.msg, "Label does not exist: label-3");
+        assert!(lookup(&ls, "-3").is_err());
+        assert!(lookup(&ls, "3_").is_err());
+        assert_eq!(resolve_vm_label(&ls, "label-9").unwrap().name, "cyan");
+        assert_eq!(resolve_vm_label(&ls, "red").unwrap().index, 1);
+        assert!(resolve_vm_label(&ls, "label-x").is_none());
+    }
+
+    #[test]
+    fn reprs() {
+        assert_eq!(label_repr(&labels()[2]), "Label(9, '0x00ffff', 'cyan')");
+        assert_eq!(py_repr(" 0x00ffff\n"), "' 0x00ffff\\n'");
+        assert_eq!(py_repr("a'b"), "\"a'b\"");
+        assert_eq!(py_repr("a'b\""), "'a\\'b\"'");
+        assert_eq!(py_repr("\x01\\"), "'\\x01\\\\'");
+    }
+
+    #[test]
+    fn python_int() {
+        assert_eq!(py_int(" +1_0 "), Some(10));
+        assert_eq!(py_int("-0"), Some(0));
+        assert_eq!(py_int("1__0"), None);
+        assert_eq!(py_int("_1"), None);
+        assert_eq!(py_int(""), None);
+        assert_eq!(py_int("99999999999999999999"), None);
+    }
 }

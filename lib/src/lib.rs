@@ -21,14 +21,17 @@ pub mod context;
 pub mod dispatch;
 pub mod error;
 pub mod eventlog;
+pub mod ffi;
 pub mod hypervisor;
 pub mod names;
 pub mod request;
+pub mod sandbox;
 pub mod store;
-pub mod ffi;
 pub mod wire;
+pub mod xml;
 
 pub mod label;
+pub mod notes_sanitize;
 pub mod property;
 pub mod props;
 pub mod vm_feature;
@@ -65,7 +68,11 @@ impl System {
 
     /// Opens a system with an explicit runtime source.
     pub fn with_hypervisor(config: Config, hv: Box<dyn Hypervisor>) -> System {
-        System { config, hv, cache: None }
+        System {
+            config,
+            hv,
+            cache: None,
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -79,7 +86,9 @@ impl System {
 
     /// Runs one request and returns the reply body or the exception.
     pub fn execute(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
-        let method = std::str::from_utf8(&raw.method).ok().and_then(dispatch::find);
+        let method = std::str::from_utf8(&raw.method)
+            .ok()
+            .and_then(dispatch::find);
         if method.is_some_and(|m| m.writes()) {
             self.execute_write(raw)
         } else {
@@ -109,7 +118,9 @@ impl System {
         // Still under the qubes.xml lock: the log's order is the commit order.
         if !events.is_empty() {
             eventlog::append(&self.config.run_dir, &events).map_err(|e| {
-                ApiError::qubes(format!("the change was saved, but its events were not logged: {e}"))
+                ApiError::qubes(format!(
+                    "the change was saved, but its events were not logged: {e}"
+                ))
             })?;
         }
         drop(txn);

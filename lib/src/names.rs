@@ -6,7 +6,9 @@ use crate::error::{ApiError, ExcType};
 /// `validate_name`: the VM-name rules (all `QubesValueError`).
 pub fn validate_vm_name(name: &str) -> Result<(), ApiError> {
     if name.len() > 31 {
-        return Err(ApiError::value("VM name must be shorter than 32 characters"));
+        return Err(ApiError::value(
+            "VM name must be shorter than 32 characters",
+        ));
     }
     let first = name.bytes().next();
     if matches!(first, Some(b'0'..=b'9' | b'_' | b'.' | b'-')) {
@@ -60,7 +62,9 @@ pub fn validate_label_color(payload: &[u8]) -> Result<String, ApiError> {
         .ok()
         .filter(|s| s.is_ascii())
         .ok_or_else(|| err("Label value must be encoded in ASCII"))?;
-    let v = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b');
+    // Python's str.strip(): ASCII whitespace plus VT and the four separators 0x1c-0x1f.
+    let v = text
+        .trim_matches(|c: char| c.is_ascii_whitespace() || matches!(c, '\x0b' | '\x1c'..='\x1f'));
     if v.len() != 8 {
         return Err(err("Label value must have length of 8"));
     }
@@ -78,10 +82,19 @@ pub fn validate_label_color(payload: &[u8]) -> Result<String, ApiError> {
 /// Tag rules (`validate_tag`).
 pub fn validate_tag(tag: &str) -> Result<(), ApiError> {
     if tag.is_empty() {
-        return Err(ApiError::new(ExcType::QubesInvalidTagError, "tag cannot be empty"));
+        return Err(ApiError::new(
+            ExcType::QubesInvalidTagError,
+            "tag cannot be empty",
+        ));
     }
-    if !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(ApiError::new(ExcType::QubesInvalidTagError, "disallowed characters"));
+    if !tag
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ApiError::new(
+            ExcType::QubesInvalidTagError,
+            "disallowed characters",
+        ));
     }
     Ok(())
 }
@@ -89,7 +102,9 @@ pub fn validate_tag(tag: &str) -> Result<(), ApiError> {
 /// Feature names accepted by `admin.vm.feature.Set`: `\A[a-zA-Z0-9_.-]+\Z`.
 pub fn is_valid_feature_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]
@@ -101,9 +116,15 @@ mod tests {
         assert!(validate_vm_name("work").is_ok());
         assert!(validate_vm_name("a.b-c_d9").is_ok());
         let msg = |n: &str| validate_vm_name(n).unwrap_err().msg;
-        assert_eq!(msg(".test"), "VM name cannot start with hyphen, underscore, dot or numbers");
+        assert_eq!(
+            msg(".test"),
+            "VM name cannot start with hyphen, underscore, dot or numbers"
+        );
         assert_eq!(msg(""), "VM name contains illegal characters");
-        assert_eq!(msg(&"a".repeat(32)), "VM name must be shorter than 32 characters");
+        assert_eq!(
+            msg(&"a".repeat(32)),
+            "VM name must be shorter than 32 characters"
+        );
         assert!(validate_vm_name(&"a".repeat(31)).is_ok());
         assert_eq!(msg("test-###"), "VM name contains illegal characters");
         assert_eq!(msg("Domain-0"), "VM name cannot be 'Domain-0'");
@@ -114,7 +135,10 @@ mod tests {
     #[test]
     fn labels_and_tags() {
         assert!(validate_label_name("01", false).is_ok());
-        assert_eq!(validate_label_name("01", true).unwrap_err().msg, "Label must not be a digit");
+        assert_eq!(
+            validate_label_name("01", true).unwrap_err().msg,
+            "Label must not be a digit"
+        );
         assert!(validate_label_name("../xxx", false).is_err());
         assert_eq!(validate_label_color(b" 0x00ffff\n").unwrap(), "0x00ffff");
         assert_eq!(
@@ -130,7 +154,10 @@ mod tests {
             "Label value must be encoded in ASCII"
         );
         assert!(validate_tag("created-by-dom0").is_ok());
-        assert_eq!(validate_tag(".some-tag").unwrap_err().ty, ExcType::QubesInvalidTagError);
+        assert_eq!(
+            validate_tag(".some-tag").unwrap_err().ty,
+            ExcType::QubesInvalidTagError
+        );
         assert!(is_valid_feature_name("service.x-y_z"));
         assert!(!is_valid_feature_name(" "));
     }

@@ -5,7 +5,7 @@
 use crate::dispatch::{self, DestRule, Method, Presence};
 use crate::error::{ApiError, ExcType};
 use crate::names;
-use crate::store::{DomId, Document};
+use crate::store::{Document, DomId};
 use crate::wire::{RawRequest, Target};
 
 /// A VM reference as written by the caller, syntax-checked.
@@ -13,7 +13,10 @@ use crate::wire::{RawRequest, Target};
 pub enum VmRef {
     Name(String),
     /// Canonical lowercase UUID; `text` is what the caller wrote (for NotFound messages).
-    Uuid { uuid: String, text: String },
+    Uuid {
+        uuid: String,
+        text: String,
+    },
 }
 
 /// `decode_vm` syntax: ASCII, `uuid:<uuid>` form or a valid VM name.
@@ -21,13 +24,19 @@ pub fn parse_vm_ref(bytes: &[u8]) -> Result<VmRef, ApiError> {
     let text = ascii(bytes, "qube name")?;
     if let Some(rest) = text.strip_prefix("uuid:") {
         let invalid = || {
-            ApiError::new(ExcType::QubesVMInvalidUUIDError, format!("VM UUID is not valid: '{rest}'"))
+            ApiError::new(
+                ExcType::QubesVMInvalidUUIDError,
+                format!("VM UUID is not valid: '{rest}'"),
+            )
         };
         if text.len() != 41 || !uuid_prefix_ok(rest) {
             return Err(invalid());
         }
         let uuid = parse_uuid(rest).ok_or_else(invalid)?;
-        return Ok(VmRef::Uuid { uuid, text: text.to_string() });
+        return Ok(VmRef::Uuid {
+            uuid,
+            text: text.to_string(),
+        });
     }
     names::validate_vm_name(text)?;
     Ok(VmRef::Name(text.to_string()))
@@ -37,7 +46,8 @@ pub fn parse_vm_ref(bytes: &[u8]) -> Result<VmRef, ApiError> {
 fn uuid_prefix_ok(s: &str) -> bool {
     let b = s.as_bytes();
     let hex = |r: std::ops::Range<usize>| {
-        b.get(r).is_some_and(|x| x.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+        b.get(r)
+            .is_some_and(|x| x.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
     };
     hex(0..8)
         && b.get(8) == Some(&b'-')
@@ -65,27 +75,30 @@ pub fn parse_uuid(s: &str) -> Option<String> {
 }
 
 fn ascii<'b>(bytes: &'b [u8], what: &str) -> Result<&'b str, ApiError> {
-    std::str::from_utf8(bytes).ok().filter(|s| s.is_ascii()).ok_or_else(|| {
-        ApiError::protocol(format!("{what} contains non-ASCII bytes"))
-    })
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|s| s.is_ascii())
+        .ok_or_else(|| ApiError::protocol(format!("{what} contains non-ASCII bytes")))
 }
 
 /// Looks a reference up in the document.
 pub fn resolve(doc: &Document, r: &VmRef) -> Result<DomId, ApiError> {
     match r {
-        VmRef::Name(n) => doc.domain_by_name(n).ok_or_else(|| ApiError::vm_not_found(n)),
-        VmRef::Uuid { uuid, text } => {
-            doc.domain_by_uuid(uuid).ok_or_else(|| ApiError::vm_not_found(text))
-        }
+        VmRef::Name(n) => doc
+            .domain_by_name(n)
+            .ok_or_else(|| ApiError::vm_not_found(n)),
+        VmRef::Uuid { uuid, text } => doc
+            .domain_by_uuid(uuid)
+            .ok_or_else(|| ApiError::vm_not_found(text)),
     }
 }
 
 fn resolve_target(doc: &Document, t: &Target) -> Result<DomId, ApiError> {
     match t {
         Target::Name(n) => resolve(doc, &parse_vm_ref(n)?),
-        Target::Keyword(k) if k.as_slice() == b"adminvm" => {
-            doc.domain_by_name("dom0").ok_or_else(|| ApiError::vm_not_found("dom0"))
-        }
+        Target::Keyword(k) if k.as_slice() == b"adminvm" => doc
+            .domain_by_name("dom0")
+            .ok_or_else(|| ApiError::vm_not_found("dom0")),
         Target::Keyword(k) => Err(ApiError::protocol(format!(
             "unsupported target keyword '@{}'; only '@adminvm' is accepted",
             String::from_utf8_lossy(k)
@@ -110,7 +123,12 @@ pub fn resolve_request(doc: &Document, raw: &RawRequest) -> Result<Resolved, Api
     let method = dispatch::find(name)
         .ok_or_else(|| ApiError::protocol(format!("no such method: '{name}'")))?;
     check_generic(doc, method, dest, &arg, &raw.payload)?;
-    Ok(Resolved { method, src, dest, arg })
+    Ok(Resolved {
+        method,
+        src,
+        dest,
+        arg,
+    })
 }
 
 fn check_generic(
@@ -121,14 +139,18 @@ fn check_generic(
     payload: &[u8],
 ) -> Result<(), ApiError> {
     match method.payload {
-        Presence::Required if payload.is_empty() => return Err(ApiError::protocol("expected payload")),
+        Presence::Required if payload.is_empty() => {
+            return Err(ApiError::protocol("expected payload"))
+        }
         Presence::Forbidden if !payload.is_empty() => {
             return Err(ApiError::protocol("unexpected payload"))
         }
         _ => {}
     }
     match method.arg {
-        Presence::Required if arg.is_empty() => return Err(ApiError::protocol("expected an argument")),
+        Presence::Required if arg.is_empty() => {
+            return Err(ApiError::protocol("expected an argument"))
+        }
         Presence::Forbidden if !arg.is_empty() => {
             return Err(ApiError::protocol("unexpected argument"))
         }
@@ -168,7 +190,13 @@ mod tests {
         assert!(parse_vm_ref(b"uuid:0000000A-0000-0000-0000-000000000000").is_err());
         // the last group passes the prefix match but must still parse
         assert!(parse_vm_ref(b"uuid:00000000-0000-0000-0000-00000000000g").is_err());
-        assert_eq!(parse_vm_ref(b".x").unwrap_err().ty, ExcType::QubesValueError);
-        assert_eq!(parse_vm_ref("ö".as_bytes()).unwrap_err().ty, ExcType::ProtocolError);
+        assert_eq!(
+            parse_vm_ref(b".x").unwrap_err().ty,
+            ExcType::QubesValueError
+        );
+        assert_eq!(
+            parse_vm_ref("ö".as_bytes()).unwrap_err().ty,
+            ExcType::ProtocolError
+        );
     }
 }

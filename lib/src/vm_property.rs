@@ -1,36 +1,44 @@
-//! admin.vm.property.*
+//! admin.vm.property.*: the destination qube's properties (dest may be dom0).
 
 use crate::context::Ctx;
-use crate::error::{ApiError, ExcType};
+use crate::error::ApiError;
+use crate::props::{self, Holder};
+
+fn holder(ctx: &Ctx<'_>) -> Holder {
+    Holder::Vm(ctx.dest)
+}
 
 pub fn list(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    props::handlers::list(ctx, holder(ctx))
 }
 
 pub fn get(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    props::handlers::get(ctx, holder(ctx))
 }
 
 pub fn get_all(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    props::handlers::get_all(ctx, holder(ctx))
 }
 
 pub fn get_default(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    props::handlers::get_default(ctx, holder(ctx))
 }
 
 pub fn help(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    props::handlers::help(ctx, holder(ctx), false)
 }
 
+/// The raw RST docstring (the Admin API document lists HelpRst; the reference lacks it).
 pub fn help_rst(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    props::handlers::help(ctx, holder(ctx), true)
 }
 
 pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    let h = holder(ctx);
+    props::handlers::set(ctx, h)
 }
 
 pub fn reset(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    let h = holder(ctx);
+    props::handlers::reset(ctx, h)
 }

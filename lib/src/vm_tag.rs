@@ -1,20 +1,122 @@
-//! admin.vm.tag.*
+//! admin.vm.tag.* (`core.md` §3.10, §8).
 
 use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
+use crate::names;
+use crate::store::{Document, DomId};
 
+const CREATED_BY: &str = "created-by-";
+
+fn not_found(vm: &str, tag: &str) -> ApiError {
+    ApiError::new(
+        ExcType::QubesTagNotFoundError,
+        format!("Tag not set for domain {vm}: {tag}"),
+    )
+}
+
+/// `AdminExtension`: only dom0 may add or remove `created-by-*` tags.
+fn check_protected(ctx: &Ctx<'_>) -> Result<(), ApiError> {
+    if ctx.arg.starts_with(CREATED_BY) && !ctx.src_is_admin() {
+        return Err(ApiError::permission(
+            "changing this tag is prohibited by qubes.ext.admin.AdminExtension",
+        ));
+    }
+    Ok(())
+}
+
+/// `admin.vm.tag.List`: sorted, each followed by `\n`; with an argument, just that tag.
 pub fn list(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    let data = ctx.doc().data(ctx.dest)?;
+    if ctx.arg.is_empty() {
+        let mut tags = data.tags();
+        tags.sort_unstable();
+        tags.dedup();
+        return Ok(tags
+            .iter()
+            .flat_map(|t| format!("{t}\n").into_bytes())
+            .collect());
+    }
+    names::validate_tag(&ctx.arg)?;
+    if data.has_tag(&ctx.arg) {
+        Ok(format!("{}\n", ctx.arg).into_bytes())
+    } else {
+        Err(not_found(ctx.dest_name(), &ctx.arg))
+    }
 }
 
+/// `admin.vm.tag.Get`: `1` or `0`.
 pub fn get(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    names::validate_tag(&ctx.arg)?;
+    let has = ctx.doc().data(ctx.dest)?.has_tag(&ctx.arg);
+    Ok(if has { b"1".to_vec() } else { b"0".to_vec() })
 }
 
+/// `admin.vm.tag.Set`: `domain-tag-add:<tag>` only if new. A new `created-by-<X>` also adds the
+/// tags listed in X's feature `tag-created-vm-with`; their events come first.
 pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    names::validate_tag(&ctx.arg)?;
+    check_protected(ctx)?;
+    let dest = ctx.dest;
+    let vm = ctx.dest_name().to_string();
+    let tag = ctx.arg.clone();
+    let mut added = Vec::new();
+    add_tag(ctx.doc_mut()?, dest, &tag, &mut added)?;
+    for t in added {
+        ctx.emit(&vm, format!("domain-tag-add:{t}"), &[("tag", &t)]);
+    }
+    Ok(Vec::new())
 }
 
+/// Adds `tag` and what the `created-by-*` handler adds; `added` collects the new tags in the
+/// order their events fire (handler-added tags before the tag that caused them).
+pub fn add_tag(
+    doc: &mut Document,
+    id: DomId,
+    tag: &str,
+    added: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    if !doc.data_mut(id)?.add_tag(tag) {
+        return Ok(());
+    }
+    if let Some(creator) = tag.strip_prefix(CREATED_BY) {
+        // The reference has no reply here (KeyError); we name the missing qube.
+        let creator_id = doc
+            .domain_by_name(creator)
+            .ok_or_else(|| ApiError::vm_not_found(creator))?;
+        let extra: Vec<String> = doc
+            .data(creator_id)?
+            .feature("tag-created-vm-with")
+            .unwrap_or_default()
+            .split(|c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c))
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        for t in extra {
+            if !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ApiError::no_reply_in_reference(format!(
+                    "Invalid character in tag '{t}' (from feature tag-created-vm-with of {creator})"
+                )));
+            }
+            add_tag(doc, id, &t, added)?;
+        }
+    }
+    added.push(tag.to_string());
+    Ok(())
+}
+
+/// `admin.vm.tag.Remove`: `domain-tag-delete:<tag>`, or QubesTagNotFoundError.
 pub fn remove(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    Err(ApiError::new(ExcType::QubesNotImplementedError, format!("{} is not implemented yet", ctx.method.name)))
+    names::validate_tag(&ctx.arg)?;
+    check_protected(ctx)?;
+    let dest = ctx.dest;
+    let vm = ctx.dest_name().to_string();
+    let tag = ctx.arg.clone();
+    if !ctx.doc_mut()?.data_mut(dest)?.remove_tag(&tag) {
+        return Err(not_found(&vm, &tag));
+    }
+    ctx.emit(&vm, format!("domain-tag-delete:{tag}"), &[("tag", &tag)]);
+    Ok(Vec::new())
 }

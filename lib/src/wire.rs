@@ -69,7 +69,13 @@ pub fn parse_socket_request(buf: &[u8]) -> Result<RawRequest, ApiError> {
         }
     };
     let (method, arg) = split_service(meth_arg);
-    Ok(RawRequest { method, arg, src: src.to_vec(), target, payload })
+    Ok(RawRequest {
+        method,
+        arg,
+        src: src.to_vec(),
+        target,
+        payload,
+    })
 }
 
 /// The exception sent for a request over [`MAX_REQUEST`] bytes.
@@ -106,7 +112,13 @@ pub fn from_exec_env(
     if header_len + payload.len() > MAX_REQUEST {
         return Err(too_long(header_len + payload.len()));
     }
-    Ok(RawRequest { method, arg, src: remote_domain.to_vec(), target, payload })
+    Ok(RawRequest {
+        method,
+        arg,
+        src: remote_domain.to_vec(),
+        target,
+        payload,
+    })
 }
 
 /// `0\0<body>`.
@@ -167,7 +179,10 @@ mod tests {
         assert_eq!(r.target, Target::Name(b"vm1".to_vec()));
         assert!(r.payload.is_empty());
         let r = parse_socket_request(b"a+b+c src keyword adminvm\0pay\0load").unwrap();
-        assert_eq!((r.method.as_slice(), r.arg.as_slice()), (&b"a"[..], &b"b+c"[..]));
+        assert_eq!(
+            (r.method.as_slice(), r.arg.as_slice()),
+            (&b"a"[..], &b"b+c"[..])
+        );
         assert_eq!(r.payload, b"pay\0load");
         // the 4th field keeps further spaces
         let r = parse_socket_request(b"m+ s name a b\0").unwrap();
@@ -188,6 +203,9 @@ mod tests {
             frame_event("vm1", "domain-tag-add:t1", &[("tag".into(), "t1".into())]),
             b"1\0vm1\0domain-tag-add:t1\0tag\0t1\0\0"
         );
-        assert_eq!(frame_event("", "connection-established", &[]), b"1\0\0connection-established\0\0");
+        assert_eq!(
+            frame_event("", "connection-established", &[]),
+            b"1\0\0connection-established\0\0"
+        );
     }
 }

@@ -6,6 +6,13 @@
 //! Run: `cargo bench -p qubes-admin-services --bench percall` (release build of the binaries
 //! first: `cargo build --release`). `BENCH_QUICK=1` runs fewer iterations.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,24 +48,56 @@ fn main() {
             .spawn()
             .expect("start qubes-admin-eventd");
         wait_for(&dir.join("run/qubes-admin/eventd.sock"));
-        let iters = if quick { 30 } else if n == 1000 { 150 } else { 300 };
+        let iters = if quick {
+            30
+        } else if n == 1000 {
+            150
+        } else {
+            300
+        };
         let floor = measure(Path::new("/bin/true"), &[], &dir, b"", iters);
         floor_med = floor.0;
         let vm = "vm0001";
         let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("property.Get", format!("admin.vm.property.Get+label dom0 name {vm}\0").into_bytes()),
-            ("global property.Get", b"admin.property.Get+default_netvm dom0 name dom0\0".to_vec()),
+            (
+                "property.Get",
+                format!("admin.vm.property.Get+label dom0 name {vm}\0").into_bytes(),
+            ),
+            (
+                "global property.Get",
+                b"admin.property.Get+default_netvm dom0 name dom0\0".to_vec(),
+            ),
             ("vm.List", b"admin.vm.List+ dom0 name dom0\0".to_vec()),
-            ("vm.property.GetAll", format!("admin.vm.property.GetAll+ dom0 name {vm}\0").into_bytes()),
-            ("property.GetAll", b"admin.property.GetAll+ dom0 name dom0\0".to_vec()),
-            ("feature.Set", format!("admin.vm.feature.Set+bench dom0 name {vm}\01").into_bytes()),
-            ("property.Set", format!("admin.vm.property.Set+memory dom0 name {vm}\0401").into_bytes()),
+            (
+                "vm.property.GetAll",
+                format!("admin.vm.property.GetAll+ dom0 name {vm}\0").into_bytes(),
+            ),
+            (
+                "property.GetAll",
+                b"admin.property.GetAll+ dom0 name dom0\0".to_vec(),
+            ),
+            (
+                "feature.Set",
+                format!("admin.vm.feature.Set+bench dom0 name {vm}\01").into_bytes(),
+            ),
+            (
+                "property.Set",
+                format!("admin.vm.property.Set+memory dom0 name {vm}\0401").into_bytes(),
+            ),
         ];
-        rows.push(format!("| {n} | floor (/bin/true) | {} | {} | – |", ms(floor.0), kib(floor.1)));
+        rows.push(format!(
+            "| {n} | floor (/bin/true) | {} | {} | – |",
+            ms(floor.0),
+            kib(floor.1)
+        ));
         for (name, req) in cases {
             let r = measure(&bin, &["--socket-request"], &dir, &req, iters);
             let reply = one_reply(&bin, &dir, &req);
-            assert!(reply.starts_with(b"0\0"), "{name} at {n}: {:?}", String::from_utf8_lossy(&reply));
+            assert!(
+                reply.starts_with(b"0\0"),
+                "{name} at {n}: {:?}",
+                String::from_utf8_lossy(&reply)
+            );
             rows.push(format!(
                 "| {n} | {name} | {} | {} | +{} |",
                 ms(r.0),
@@ -68,13 +107,20 @@ fn main() {
         }
         let _ = helper.kill();
         let _ = helper.wait();
-        println!("{}", rows.join("\n"));
+        for r in rows.iter().filter(|r| r.starts_with(&format!("| {n} |"))) {
+            println!("{r}");
+        }
     }
     let inproc = in_process(&work.join("n1000"));
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
-    let ldd = Command::new("ldd").arg(&bin).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let ldd_eventd =
-        Command::new("ldd").arg(&eventd).output().map(|o| String::from_utf8_lossy(&o.stdout).lines().count());
+    let ldd = Command::new("ldd")
+        .arg(&bin)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let ldd_eventd = Command::new("ldd")
+        .arg(&eventd)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count());
     let mut md = String::new();
     md.push_str("# Benchmarks\n\nProduced by `cargo build --release && cargo bench -p qubes-admin-services --bench percall`\n");
     md.push_str(&format!(
@@ -104,9 +150,15 @@ fn main() {
 
 fn env_for(dir: &Path) -> Vec<(String, String)> {
     vec![
-        ("QUBES_XML_PATH".into(), dir.join("qubes.xml").display().to_string()),
+        (
+            "QUBES_XML_PATH".into(),
+            dir.join("qubes.xml").display().to_string(),
+        ),
         ("QUBES_BASE_DIR".into(), dir.display().to_string()),
-        ("QUBES_RUN_DIR".into(), dir.join("run").display().to_string()),
+        (
+            "QUBES_RUN_DIR".into(),
+            dir.join("run").display().to_string(),
+        ),
         ("QUBES_LIBVIRT_URI".into(), "test:///default".into()),
     ]
 }
@@ -127,10 +179,16 @@ fn measure(bin: &Path, args: &[&str], dir: &Path, stdin: &[u8], iters: usize) ->
         .arg(bin)
         .args(args)
         .envs(env_for(dir))
-        .env("RSS_STDIN", String::from_utf8_lossy(stdin).replace('\0', "\\0"))
+        .env(
+            "RSS_STDIN",
+            String::from_utf8_lossy(stdin).replace('\0', "\\0"),
+        )
         .output()
         .expect("rss probe");
-    let rss = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let rss = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     (med, rss)
 }
 
@@ -146,7 +204,10 @@ fn spawn_once(bin: &Path, args: &[&str], dir: &Path, stdin: &[u8]) -> Vec<u8> {
     if let Some(mut i) = child.stdin.take() {
         let _ = i.write_all(stdin);
     }
-    child.wait_with_output().map(|o| o.stdout).unwrap_or_default()
+    child
+        .wait_with_output()
+        .map(|o| o.stdout)
+        .unwrap_or_default()
 }
 
 fn one_reply(bin: &Path, dir: &Path, req: &[u8]) -> Vec<u8> {
@@ -155,8 +216,12 @@ fn one_reply(bin: &Path, dir: &Path, req: &[u8]) -> Vec<u8> {
 
 /// Runs one command and prints the children's peak RSS in KiB.
 fn rss_probe(cmd: Vec<String>) {
-    let stdin = std::env::var("RSS_STDIN").unwrap_or_default().replace("\\0", "\0");
-    let Some((bin, args)) = cmd.split_first() else { return };
+    let stdin = std::env::var("RSS_STDIN")
+        .unwrap_or_default()
+        .replace("\\0", "\0");
+    let Some((bin, args)) = cmd.split_first() else {
+        return;
+    };
     let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::piped())
@@ -168,7 +233,8 @@ fn rss_probe(cmd: Vec<String>) {
         let _ = i.write_all(stdin.as_bytes());
     }
     let _ = child.wait();
-    let r = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let r = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .expect("getrusage");
     println!("{}", r.max_rss());
 }
 
@@ -179,7 +245,15 @@ fn in_process(dir: &Path) -> Duration {
         run_dir: dir.join("run"),
         ..Config::default()
     };
-    let mut sys = System::with_hypervisor(config, Box::new(Offline { host: HostInfo { memory_mib: 3072, cpus: 16 } }));
+    let mut sys = System::with_hypervisor(
+        config,
+        Box::new(Offline {
+            host: HostInfo {
+                memory_mib: 3072,
+                cpus: 16,
+            },
+        }),
+    );
     let req = RawRequest {
         method: b"admin.vm.property.Get".to_vec(),
         arg: b"label".to_vec(),
@@ -188,7 +262,11 @@ fn in_process(dir: &Path) -> Duration {
         payload: Vec::new(),
     };
     let first = sys.call(&req);
-    assert!(first.starts_with(b"0\0"), "{:?}", String::from_utf8_lossy(&first));
+    assert!(
+        first.starts_with(b"0\0"),
+        "{:?}",
+        String::from_utf8_lossy(&first)
+    );
     let mut times = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
@@ -203,15 +281,32 @@ fn in_process(dir: &Path) -> Duration {
 /// A qubes.xml with the fixture's base system (dom0, fedora-41, sys-net, sys-firewall,
 /// default-dvm) and `n` AppVMs shaped like the fixture's `vm0003`.
 fn generate(n: usize) -> String {
-    let first_vm = FIXTURE.find("    <domain id=\"domain-5\"").expect("fixture shape");
+    let first_vm = FIXTURE
+        .find("    <domain id=\"domain-5\"")
+        .expect("fixture shape");
     let head = FIXTURE.get(..first_vm).expect("head");
-    let start = FIXTURE.find("<property name=\"name\">vm0003<").expect("vm0003");
-    let dstart = FIXTURE.get(..start).and_then(|s| s.rfind("    <domain id=")).expect("domain start");
-    let dend = start + FIXTURE.get(start..).and_then(|s| s.find("</domain>\n")).expect("end") + "</domain>\n".len();
+    let start = FIXTURE
+        .find("<property name=\"name\">vm0003<")
+        .expect("vm0003");
+    let dstart = FIXTURE
+        .get(..start)
+        .and_then(|s| s.rfind("    <domain id="))
+        .expect("domain start");
+    let dend = start
+        + FIXTURE
+            .get(start..)
+            .and_then(|s| s.find("</domain>\n"))
+            .expect("end")
+        + "</domain>\n".len();
     let block = FIXTURE.get(dstart..dend).expect("block");
     let uuid_line = block.find("<property name=\"uuid\">").expect("uuid");
-    let old_uuid = block.get(uuid_line + 22..uuid_line + 58).expect("uuid text").to_string();
-    let labels = ["red", "orange", "yellow", "green", "gray", "blue", "purple", "black"];
+    let old_uuid = block
+        .get(uuid_line + 22..uuid_line + 58)
+        .expect("uuid text")
+        .to_string();
+    let labels = [
+        "red", "orange", "yellow", "green", "gray", "blue", "purple", "black",
+    ];
     let mut out = String::with_capacity(head.len() + n * block.len());
     out.push_str(head);
     for i in 0..n {
@@ -220,9 +315,18 @@ fn generate(n: usize) -> String {
         let b = block
             .replace("vm0003", &name)
             .replace("id=\"domain-8\"", &format!("id=\"domain-{qid}\""))
-            .replace("<property name=\"qid\">8<", &format!("<property name=\"qid\">{qid}<"))
-            .replace(&old_uuid, &format!("{:08x}-0000-4000-8000-{:012x}", i + 1, qid))
-            .replace("<property name=\"label\">green<", &format!("<property name=\"label\">{}<", labels[i % 8]));
+            .replace(
+                "<property name=\"qid\">8<",
+                &format!("<property name=\"qid\">{qid}<"),
+            )
+            .replace(
+                &old_uuid,
+                &format!("{:08x}-0000-4000-8000-{:012x}", i + 1, qid),
+            )
+            .replace(
+                "<property name=\"label\">green<",
+                &format!("<property name=\"label\">{}<", labels[i % 8]),
+            );
         out.push_str(&b);
     }
     out.push_str("  </domains>\n</qubes>\n");
@@ -254,9 +358,16 @@ fn kib(k: u64) -> String {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn chrono_now() -> String {
-    Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }

@@ -1,5 +1,19 @@
 //! Runtime state (power state, memory, CPU time, host size) comes from the hypervisor, never from
 //! qubes.xml. OWNER: hypervisor helper.
+//!
+//! Per-call processes do not link libvirt (it costs ~14 ms before `main`). They ask the one
+//! long-lived helper, `qubes-admin-eventd`, over a unix socket ([`client::EventdClient`]); when
+//! no helper runs they execute `qubes-admin-eventd --once` instead. The helper and the `--once`
+//! mode are the only code that talks to libvirt ([`libvirt`], [`eventd`], feature `libvirt`).
+//! See docs/runtime.md.
+
+pub mod client;
+pub mod proto;
+
+#[cfg(feature = "libvirt")]
+pub mod eventd;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 
 /// libvirt's `virDomainState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,7 +28,43 @@ pub enum DomState {
     PmSuspended,
 }
 
-/// One libvirt domain as seen now.
+impl DomState {
+    /// libvirt's numeric value (`VIR_DOMAIN_*`).
+    pub fn code(self) -> u32 {
+        match self {
+            DomState::NoState => 0,
+            DomState::Running => 1,
+            DomState::Blocked => 2,
+            DomState::Paused => 3,
+            DomState::Shutdown => 4,
+            DomState::Shutoff => 5,
+            DomState::Crashed => 6,
+            DomState::PmSuspended => 7,
+        }
+    }
+
+    /// From libvirt's numeric value; `None` for values this build does not know.
+    pub fn from_code(code: u32) -> Option<DomState> {
+        Some(match code {
+            0 => DomState::NoState,
+            1 => DomState::Running,
+            2 => DomState::Blocked,
+            3 => DomState::Paused,
+            4 => DomState::Shutdown,
+            5 => DomState::Shutoff,
+            6 => DomState::Crashed,
+            7 => DomState::PmSuspended,
+            _ => return None,
+        })
+    }
+}
+
+/// One libvirt domain.
+///
+/// From [`Hypervisor::domain`] every field is live. In [`Hypervisor::runtime`] (the helper's
+/// cache) `name`, `uuid`, `id`, `state` and `active` are current up to the event latency window,
+/// while the numeric fields (`mem_kib`, `max_mem_kib`, `vcpus`, `cpu_time_ns`) are a snapshot
+/// from the domain's last lifecycle event: use [`Hypervisor::domain`] for live figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainRuntime {
     pub name: String,
@@ -47,7 +97,9 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn by_uuid(&self, uuid: &str) -> Option<&DomainRuntime> {
-        self.domains.iter().find(|d| d.uuid.eq_ignore_ascii_case(uuid))
+        self.domains
+            .iter()
+            .find(|d| d.uuid.eq_ignore_ascii_case(uuid))
     }
 }
 
@@ -55,11 +107,20 @@ impl Runtime {
 pub enum HvError {
     #[error("hypervisor unavailable: {0}")]
     Unavailable(String),
+    /// The helper or the fallback answered something this build cannot read.
+    #[error("hypervisor helper protocol error: {0}")]
+    Protocol(String),
 }
 
 /// Source of runtime state.
 pub trait Hypervisor {
+    /// Host size and every libvirt domain (state as of the helper's cache).
     fn runtime(&self) -> Result<Runtime, HvError>;
+
+    /// Live state of one domain (by canonical UUID); `None` when libvirt has no such domain.
+    fn domain(&self, uuid: &str) -> Result<Option<DomainRuntime>, HvError> {
+        Ok(self.runtime()?.by_uuid(uuid).cloned())
+    }
 }
 
 /// A fixed runtime (tests, offline tools): nothing running.
@@ -70,12 +131,71 @@ pub struct Offline {
 
 impl Hypervisor for Offline {
     fn runtime(&self) -> Result<Runtime, HvError> {
-        Ok(Runtime { host: self.host, domains: Vec::new() })
+        Ok(Runtime {
+            host: self.host,
+            domains: Vec::new(),
+        })
     }
 }
 
-/// The runtime source a per-call process uses for `config` (OWNER: hypervisor helper).
+/// A fixed runtime with domains (unit tests).
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    pub runtime: Runtime,
+}
+
+impl Hypervisor for Fixed {
+    fn runtime(&self) -> Result<Runtime, HvError> {
+        Ok(self.runtime.clone())
+    }
+}
+
+/// A source that always fails (unit tests of the error paths).
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    pub reason: String,
+}
+
+impl Hypervisor for Unavailable {
+    fn runtime(&self) -> Result<Runtime, HvError> {
+        Err(HvError::Unavailable(self.reason.clone()))
+    }
+}
+
+/// The runtime source a per-call process uses for `config`: the helper's socket, falling back to
+/// `qubes-admin-eventd --once`.
 pub fn default_for(config: &crate::Config) -> Box<dyn Hypervisor> {
-    let _ = config;
-    Box::new(Offline { host: HostInfo { memory_mib: 0, cpus: 0 } })
+    Box::new(client::EventdClient::for_config(config))
+}
+
+/// Whether `uri` names the Xen driver (memory balancing, dom0 static-max).
+pub fn is_xen_uri(uri: &str) -> bool {
+    uri.starts_with("xen")
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_codes_round_trip() {
+        for c in 0..8 {
+            let s = DomState::from_code(c);
+            assert_eq!(s.map(DomState::code), Some(c));
+        }
+        assert_eq!(DomState::from_code(8), None);
+    }
+
+    #[test]
+    fn xen_uri() {
+        assert!(is_xen_uri("xen:///"));
+        assert!(is_xen_uri("xen+ssh://h/"));
+        assert!(!is_xen_uri("test+unix:///default?socket=/x"));
+    }
 }

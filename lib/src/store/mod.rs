@@ -2,15 +2,18 @@
 //! crash-safe saves.
 //!
 //! OWNER: store helper. The public signatures below are the contract the handlers use; keep
-//! them (add more if needed).
+//! them (add more if needed). How it reads, locks, writes and sweeps: `docs/store.md`.
 
 pub mod doc;
 pub mod lock;
 
-pub use doc::{DomId, DomainData, Document, Label, Pool};
+pub use doc::{Document, DomId, DomainData, Label, Pool, DOM0_UUID};
 
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -40,40 +43,268 @@ pub struct FileStamp {
 
 /// Stats `path` (no read).
 pub fn stamp(path: &Path) -> Result<FileStamp, StoreError> {
-    let _ = path;
-    todo!("store helper")
+    let md = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    Ok(stamp_of(&md))
+}
+
+fn stamp_of(md: &std::fs::Metadata) -> FileStamp {
+    FileStamp {
+        dev: md.dev(),
+        ino: md.ino(),
+        size: md.size(),
+        mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StoreError::Missing(path.to_path_buf())
+    } else {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+fn read_all(path: &Path, mut f: &File, size_hint: u64) -> Result<Vec<u8>, StoreError> {
+    let mut buf = Vec::with_capacity(usize::try_from(size_hint).unwrap_or(0).saturating_add(1));
+    f.read_to_end(&mut buf).map_err(|e| io_err(path, e))?;
+    Ok(buf)
 }
 
 /// Reads and indexes qubes.xml without taking a lock: writers replace the file by rename, so a
 /// reader always sees one complete version.
 pub fn load(path: &Path) -> Result<(Document, FileStamp), StoreError> {
-    let _ = path;
-    todo!("store helper")
+    let f = File::open(path).map_err(|e| io_err(path, e))?;
+    let md = f.metadata().map_err(|e| io_err(path, e))?;
+    let bytes = read_all(path, &f, md.size())?;
+    Ok((Document::parse(bytes)?, stamp_of(&md)))
+}
+
+/// Test hook: with the `failpoints` feature, aborts the process if `QUBES_ADMIN_FAILPOINT`
+/// names this point (`after-temp-write`, `after-fsync`, `before-rename`, `after-rename`,
+/// `during-event-append`). Without the feature it compiles to nothing.
+#[inline]
+pub fn failpoint(name: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        if std::env::var_os("QUBES_ADMIN_FAILPOINT").is_some_and(|v| v == name) {
+            std::process::abort();
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// A random hex suffix for temp files (from /dev/urandom, else pid/time/counter hashing).
+fn random_suffix() -> String {
+    let mut b = [0u8; 8];
+    let ok = File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    if !ok {
+        use std::hash::{BuildHasher, Hasher};
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u64(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            h.write_u128(t.as_nanos());
+        }
+        b = h.finish().to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// `qubes.xml~` for `.../qubes.xml`: the prefix of temp files.
+fn temp_prefix(path: &Path) -> Option<std::ffi::OsString> {
+    let mut p = path.file_name()?.to_os_string();
+    p.push("~");
+    Some(p)
+}
+
+/// Removes `qubes.xml~*` in the store's directory. Only call under the exclusive lock: then no
+/// live writer owns one (a writer creates its temp file only while holding the lock).
+/// Returns how many were removed.
+pub fn sweep_stale_temps(path: &Path) -> usize {
+    let Some(prefix) = temp_prefix(path) else {
+        return 0;
+    };
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(rd) = std::fs::read_dir(dir_of(path)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let nb = name.as_encoded_bytes();
+        if nb.len() > prefix.len()
+            && nb.starts_with(prefix)
+            && std::fs::remove_file(ent.path()).is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// A write transaction: holds the OFD lock on qubes.xml (which also excludes Python tools using
 /// `lockf`) from load to commit.
+///
+/// The lock is held until the transaction is **dropped**, not merely until [`WriteTxn::commit`]:
+/// commit also locks the new file before renaming it into place, so writers that open
+/// qubes.xml after the rename wait too, and the caller can append the commit's events to the
+/// event log in commit order before releasing.
 pub struct WriteTxn {
-    _private: (),
+    path: PathBuf,
+    /// The locked descriptor(s): the file loaded, then each file committed.
+    locked: Vec<File>,
+    doc: Document,
 }
 
 impl WriteTxn {
     /// Locks (waiting at most `timeout`, then [`StoreError::Busy`]), re-checks that the locked
     /// descriptor is still the file at `path`, sweeps stale temp files, then loads.
     pub fn begin(path: &Path, timeout: Duration) -> Result<WriteTxn, StoreError> {
-        let _ = (path, timeout);
-        todo!("store helper")
+        let started = Instant::now();
+        let deadline = started + timeout;
+        loop {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| io_err(path, e))?;
+            match lock::lock_exclusive_until(&f, started, deadline).map_err(|e| io_err(path, e))? {
+                lock::Locked::Yes => {}
+                lock::Locked::TimedOut(w) => {
+                    return Err(StoreError::Busy {
+                        waited_ms: u64::try_from(w.as_millis()).unwrap_or(u64::MAX),
+                    })
+                }
+            }
+            let md = f.metadata().map_err(|e| io_err(path, e))?;
+            let now = match std::fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(path, e)),
+            };
+            if (md.dev(), md.ino()) != (now.dev(), now.ino()) {
+                // Replaced by another writer while we waited: lock the new file.
+                continue;
+            }
+            sweep_stale_temps(path);
+            let bytes = read_all(path, &f, md.size())?;
+            let doc = Document::parse(bytes)?;
+            return Ok(WriteTxn {
+                path: path.to_path_buf(),
+                locked: vec![f],
+                doc,
+            });
+        }
     }
     pub fn doc(&self) -> &Document {
-        todo!("store helper")
+        &self.doc
     }
     pub fn doc_mut(&mut self) -> &mut Document {
-        todo!("store helper")
+        &mut self.doc
     }
     /// Writes the document if it was modified: temp file in the same directory, fsync, rename,
     /// fsync the directory. The lock stays held until the transaction is dropped, so the caller
     /// can append the events of this commit in commit order.
     pub fn commit(&mut self) -> Result<(), StoreError> {
-        todo!("store helper")
+        if !self.doc.is_modified() {
+            return Ok(());
+        }
+        let bytes = self.doc.to_bytes();
+        let path = self.path.clone();
+        let dir = dir_of(&path);
+        let prefix = temp_prefix(&path).ok_or_else(|| StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
+        })?;
+        let gid = self
+            .locked
+            .last()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.gid());
+        let (tmp_path, mut tmp) = create_temp(dir, &prefix)?;
+        let result = (|| -> Result<(), StoreError> {
+            let ioe = |e| StoreError::Io {
+                path: tmp_path.clone(),
+                source: e,
+            };
+            tmp.write_all(&bytes).map_err(ioe)?;
+            failpoint("after-temp-write");
+            tmp.set_permissions(std::fs::Permissions::from_mode(0o660))
+                .map_err(ioe)?;
+            if let Some(gid) = gid {
+                // Keep the group (normally `qubes`); not permitted for every caller.
+                let _ = std::os::unix::fs::fchown(&tmp, None, Some(gid));
+            }
+            tmp.sync_all().map_err(ioe)?;
+            failpoint("after-fsync");
+            // Lock the new file before it becomes qubes.xml, so writers that open it after the
+            // rename wait for this transaction to end.
+            if !lock::try_lock_exclusive(&tmp).map_err(ioe)? {
+                return Err(ioe(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "new file is locked",
+                )));
+            }
+            failpoint("before-rename");
+            std::fs::rename(&tmp_path, &path).map_err(ioe)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+        failpoint("after-rename");
+        if let Ok(d) = File::open(dir) {
+            d.sync_all().map_err(|e| StoreError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        }
+        self.locked.push(tmp);
+        // The document now is the file on disk.
+        self.doc = Document::parse(bytes)?;
+        Ok(())
     }
 }
+
+fn create_temp(dir: &Path, prefix: &std::ffi::OsStr) -> Result<(PathBuf, File), StoreError> {
+    let mut last = None;
+    for _ in 0..16 {
+        let mut name = prefix.to_os_string();
+        name.push(random_suffix());
+        let p = dir.join(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o660)
+            .custom_flags(nix::libc::O_CLOEXEC)
+            .open(&p)
+        {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(StoreError::Io { path: p, source: e }),
+        }
+    }
+    Err(StoreError::Io {
+        path: dir.to_path_buf(),
+        source: last.unwrap_or_else(|| std::io::Error::other("cannot create a temp file")),
+    })
+}
+
+#[cfg(test)]
+mod tests;

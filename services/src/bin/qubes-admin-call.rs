@@ -21,6 +21,7 @@ const USAGE: &str = "usage:
   qubes-admin-call --socket-request        < '<method>+<arg> <src> name <dest>\\0<payload>'
   qubes-admin-call call METHOD[+ARG] [DEST] [--src NAME]   (payload on stdin unless a tty)
   qubes-admin-call methods                 (qrexec service names, one per line)
+  qubes-admin-call sandbox DIR             (create a sandbox dom0 in DIR; prints its environment)
   (as a qrexec service: QREXEC_SERVICE_FULL_NAME and friends in the environment)
 environment: QUBES_XML_PATH QUBES_BASE_DIR QUBES_LIBVIRT_URI QUBES_RUN_DIR QUBES_POLICY_DIR";
 
@@ -31,7 +32,11 @@ fn main() -> ExitCode {
     let service = std::env::var_os("QREXEC_SERVICE_FULL_NAME");
     let argv0 = args
         .first()
-        .and_then(|a| std::path::Path::new(a).file_name().map(|n| n.as_bytes().to_vec()))
+        .and_then(|a| {
+            std::path::Path::new(a)
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+        })
         .unwrap_or_default();
     if let Some(service) = service {
         return exec_service(service.into_vec());
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
             write_out(out.as_bytes());
             ExitCode::SUCCESS
         }
+        Some(b"sandbox") if args.len() == 3 => sandbox_init(args.get(2)),
         Some(b"-h" | b"--help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -70,7 +76,6 @@ fn main() -> ExitCode {
         }
     }
 }
-
 
 /// Reads stdin to EOF, at most `wire::MAX_REQUEST` bytes (one more byte means "too long").
 fn read_stdin() -> Result<Vec<u8>, ApiError> {
@@ -162,7 +167,13 @@ fn human_call(args: &[OsString]) -> ExitCode {
         }
     };
     let (method, arg) = wire::split_service(&service);
-    let raw = RawRequest { method, arg, src, target: Target::Name(dest), payload };
+    let raw = RawRequest {
+        method,
+        arg,
+        src,
+        target: Target::Name(dest),
+        payload,
+    };
     match System::open(Config::from_env()).execute(&raw) {
         Ok(body) => {
             write_out(&body);
@@ -170,6 +181,23 @@ fn human_call(args: &[OsString]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{}: {}", e.ty.as_str(), e.msg);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sandbox_init(dir: Option<&OsString>) -> ExitCode {
+    let Some(dir) = dir else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    match qubes_admin::sandbox::init(std::path::Path::new(dir)) {
+        Ok(config) => {
+            write_out(qubes_admin::sandbox::env_lines(&config).as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qubes-admin-call sandbox: {e}");
             ExitCode::FAILURE
         }
     }

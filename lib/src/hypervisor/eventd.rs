@@ -1,0 +1,521 @@
+//! `qubes-admin-eventd`: the one long-lived helper (feature `libvirt`).
+//!
+//! * keeps one libvirt connection with lifecycle callbacks and an in-memory cache of every
+//!   domain, refreshed fully on (re)connect and per domain on each lifecycle event;
+//! * serves per-call processes on `<run_dir>/qubes-admin/eventd.sock` (mode 0660) with the line
+//!   protocol of [`super::proto`]; `list` answers from the cache, `info` queries libvirt live;
+//! * on connection loss marks the cache invalid (requests get `err`, never stale data) and
+//!   reconnects with a backoff;
+//! * one instance per run_dir (flock on `eventd.lock`); SIGTERM/SIGINT remove the socket and
+//!   exit.
+//!
+//! [`run_once`] is the fallback per-call processes use when no helper runs.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::stat::{umask, Mode};
+
+use super::client::{helper_dir, lock_path, socket_path};
+use super::libvirt::{quiet_errors, Conn, LibvirtError};
+use super::proto::{self, Request, MAX_REQUEST_LINE};
+use super::{DomainRuntime, HostInfo, Runtime};
+use crate::ffi::libvirt::{deregister_lifecycle, register_lifecycle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventdError {
+    #[error("another qubes-admin-eventd is already running for {0} (lock {1} is held)")]
+    AlreadyRunning(PathBuf, PathBuf),
+    #[error("{what} '{path}': {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up signal handling: {0}")]
+    Signals(nix::errno::Errno),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+    #[error("libvirt event loop: {0}")]
+    EventLoop(String),
+}
+
+/// How long a client may take to send its request / read the reply.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the manager checks the connection when no event arrives.
+const POLL: Duration = Duration::from_millis(250);
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long the start waits for the first libvirt refresh before it opens the socket anyway.
+const FIRST_REFRESH_WAIT: Duration = Duration::from_secs(10);
+
+/// Answers one request with a direct libvirt query: the reply text and whether it succeeded
+/// (`qubes-admin-eventd --once`).
+pub fn run_once(uri: &str, req: &Request) -> (String, bool) {
+    quiet_errors();
+    let result = Conn::open(uri).and_then(|conn| {
+        let reply = match req {
+            Request::List => conn.list().map(|rt| proto::encode_list(&rt)),
+            Request::Info(u) => conn.info(u).map(|d| proto::encode_info(d.as_ref())),
+        };
+        let closed = conn.close();
+        let reply = reply?;
+        closed?;
+        Ok(reply)
+    });
+    match result {
+        Ok(r) => (r, true),
+        Err(e) => (proto::encode_error(&e.to_string()), false),
+    }
+}
+
+/// The cache: valid only while the connection it was built from is alive.
+#[derive(Debug)]
+struct Cache {
+    host: HostInfo,
+    domains: BTreeMap<String, DomainRuntime>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    conn: Option<Arc<Conn>>,
+    cache: Option<Cache>,
+    /// Why there is no cache (shown to clients).
+    down: String,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a thread died while holding it; the data is replaced
+        // wholesale on the next refresh, so keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn invalidate(&self, why: String) -> Option<Arc<Conn>> {
+        let mut st = self.lock();
+        st.cache = None;
+        st.down = why;
+        st.conn.take()
+    }
+
+    fn answer(&self, req: &Request) -> String {
+        match req {
+            Request::List => {
+                let st = self.lock();
+                match (&st.cache, &st.conn) {
+                    (Some(c), Some(conn)) if conn.is_alive() => proto::encode_list(&Runtime {
+                        host: c.host,
+                        domains: c.domains.values().cloned().collect(),
+                    }),
+                    _ => proto::encode_error(&unavailable(&st)),
+                }
+            }
+            Request::Info(uuid) => {
+                let conn = {
+                    let st = self.lock();
+                    match &st.conn {
+                        Some(c) if st.cache.is_some() => Arc::clone(c),
+                        _ => return proto::encode_error(&unavailable(&st)),
+                    }
+                };
+                match conn.info(uuid) {
+                    Ok(d) => proto::encode_info(d.as_ref()),
+                    Err(e) => proto::encode_error(&e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+fn unavailable(st: &State) -> String {
+    if st.down.is_empty() {
+        "qubes-admin-eventd has no libvirt connection".to_string()
+    } else {
+        st.down.clone()
+    }
+}
+
+/// One lifecycle event, tagged with the connection generation it came from.
+struct Event {
+    generation: u64,
+    uuid: String,
+}
+
+fn set_down(shared: &Shared, why: String) {
+    let mut st = shared.lock();
+    st.cache = None;
+    st.conn = None;
+    st.down = why;
+}
+
+/// Closes a connection once nobody else uses it (a request may still hold a clone).
+fn retire(conn: Arc<Conn>) {
+    match Arc::try_unwrap(conn) {
+        Ok(c) => {
+            if let Err(e) = c.close() {
+                eprintln!("qubes-admin-eventd: closing the old libvirt connection: {e}");
+            }
+        }
+        // The last holder's drop closes it (without panicking).
+        Err(arc) => drop(arc),
+    }
+}
+
+/// Connects, refreshes and follows events until the connection is lost; forever.
+fn manage(uri: String, shared: Arc<Shared>, ready: mpsc::Sender<()>, stop: Arc<AtomicBool>) {
+    let (tx, rx) = mpsc::channel::<Event>();
+    let mut generation: u64 = 0;
+    let mut backoff = BACKOFF_MIN;
+    let mut ready = Some(ready);
+    while !stop.load(Ordering::Relaxed) {
+        generation += 1;
+        match connect_and_refresh(&uri, &shared, &tx, generation) {
+            Ok((conn, cb)) => {
+                eprintln!("qubes-admin-eventd: connected to {uri}");
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                backoff = BACKOFF_MIN;
+                let why = follow(&conn, &shared, &rx, generation, &stop);
+                eprintln!("qubes-admin-eventd: {why}");
+                if let Some(old) = shared.invalidate(why) {
+                    drop(old);
+                }
+                if let Ok(c) = conn.connect() {
+                    // Fails when the connection is already dead; nothing to undo then.
+                    let _ = deregister_lifecycle(c, cb);
+                }
+                retire(conn);
+            }
+            Err(e) => {
+                set_down(&shared, format!("no libvirt connection: {e}"));
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                eprintln!(
+                    "qubes-admin-eventd: {e}; retrying in {} ms",
+                    backoff.as_millis()
+                );
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn connect_and_refresh(
+    uri: &str,
+    shared: &Shared,
+    tx: &mpsc::Sender<Event>,
+    generation: u64,
+) -> Result<(Arc<Conn>, crate::ffi::libvirt::CallbackId), LibvirtError> {
+    let conn = Conn::open(uri)?;
+    // Lets the client notice a dead daemon even when the socket stays open; unsupported by
+    // some drivers, which is fine.
+    let _ = conn.connect()?.set_keep_alive(5, 3);
+    let sender = tx.clone();
+    // Register before listing: an event that races with the listing is queued and re-queried.
+    let cb = register_lifecycle(
+        conn.connect()?,
+        Box::new(move |uuid, _event, _detail| {
+            let _ = sender.send(Event {
+                generation,
+                uuid: uuid.to_ascii_lowercase(),
+            });
+        }),
+    )
+    .map_err(|e| {
+        LibvirtError::Call(format!("cannot register lifecycle events: {}", e.message()))
+    })?;
+    let rt = match conn.list() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = deregister_lifecycle(conn.connect()?, cb);
+            let _ = conn.close();
+            return Err(e);
+        }
+    };
+    let conn = Arc::new(conn);
+    let mut st = shared.lock();
+    st.cache = Some(Cache {
+        host: rt.host,
+        domains: rt
+            .domains
+            .into_iter()
+            .map(|d| (d.uuid.clone(), d))
+            .collect(),
+    });
+    st.conn = Some(Arc::clone(&conn));
+    st.down.clear();
+    Ok((conn, cb))
+}
+
+/// Applies events until the connection dies; returns why it stopped.
+fn follow(
+    conn: &Conn,
+    shared: &Shared,
+    rx: &mpsc::Receiver<Event>,
+    generation: u64,
+    stop: &AtomicBool,
+) -> String {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return "stopping".to_string();
+        }
+        match rx.recv_timeout(POLL) {
+            Ok(ev) if ev.generation == generation => match conn.domain(&ev.uuid) {
+                Ok(d) => {
+                    let mut st = shared.lock();
+                    if let Some(cache) = st.cache.as_mut() {
+                        match d {
+                            Some(d) => {
+                                cache.domains.insert(ev.uuid, d);
+                            }
+                            None => {
+                                cache.domains.remove(&ev.uuid);
+                            }
+                        }
+                    }
+                }
+                // The cache can no longer be trusted: rebuild it from a fresh connection.
+                Err(e) => {
+                    return format!(
+                        "lost track of domain {} ({e}); reconnecting to {}",
+                        ev.uuid,
+                        conn.uri()
+                    )
+                }
+            },
+            Ok(_) => {} // from an older connection
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return "event channel closed".to_string(),
+        }
+        if !conn.is_alive() {
+            return format!(
+                "lost the libvirt connection to {}; reconnecting",
+                conn.uri()
+            );
+        }
+    }
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> EventdError + 'a {
+    move |source| EventdError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+    let mut buf = Vec::with_capacity(64);
+    let mut byte = [0u8; 64];
+    while !buf.contains(&b'\n') {
+        let n = stream
+            .read(&mut byte)
+            .map_err(|e| format!("cannot read the request: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(byte.get(..n).unwrap_or_default());
+        if buf.len() > MAX_REQUEST_LINE {
+            return Err("request too long".to_string());
+        }
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_string())?;
+    Request::parse(line).map_err(|e| e.to_string())
+}
+
+fn handle(mut stream: UnixStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let reply = match read_request(&mut stream) {
+        Ok(req) => shared.answer(&req),
+        Err(e) => proto::encode_error(&e),
+    };
+    // The client may be gone; nothing to do about it.
+    let _ = stream.write_all(reply.as_bytes());
+}
+
+/// Runs the helper for `config` until SIGTERM/SIGINT.
+pub fn serve(config: &crate::Config) -> Result<(), EventdError> {
+    quiet_errors();
+    // Block the stop signals in every thread; one thread waits for them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().map_err(EventdError::Signals)?;
+
+    let dir = helper_dir(&config.run_dir);
+    std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+    let lock_file = lock_path(&config.run_dir);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_file)
+        .map_err(io_err("cannot open", &lock_file))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(EventdError::AlreadyRunning(
+                config.run_dir.clone(),
+                lock_file,
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err("cannot lock", &lock_file)(e)),
+    }
+
+    // The default event implementation must exist before the first Connect::open.
+    virt::event::event_register_default_impl()
+        .map_err(|e| EventdError::EventLoop(e.message().to_string()))?;
+    std::thread::Builder::new()
+        .name("libvirt-events".into())
+        .spawn(|| loop {
+            if virt::event::event_run_default_impl().is_err() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .map_err(EventdError::Thread)?;
+
+    let shared = Arc::new(Shared::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    {
+        let (uri, shared, stop) = (
+            config.libvirt_uri.clone(),
+            Arc::clone(&shared),
+            Arc::clone(&stop),
+        );
+        std::thread::Builder::new()
+            .name("libvirt-manager".into())
+            .spawn(move || manage(uri, shared, ready_tx, stop))
+            .map_err(EventdError::Thread)?;
+    }
+    // Open the socket once the first refresh is done (or failed): clients then never see a
+    // "starting" helper.
+    let _ = ready_rx.recv_timeout(FIRST_REFRESH_WAIT);
+
+    let sock = socket_path(&config.run_dir);
+    // We hold the lock, so any socket file left is stale.
+    match std::fs::remove_file(&sock) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("cannot remove the stale socket", &sock)(e)),
+    }
+    let old = umask(Mode::from_bits_truncate(0o117));
+    let bound = UnixListener::bind(&sock);
+    umask(old);
+    let listener = bound.map_err(io_err("cannot listen on", &sock))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))
+        .map_err(io_err("cannot set the mode of", &sock))?;
+
+    {
+        let sock = sock.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(sig) = signals.wait() {
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = std::fs::remove_file(&sock);
+                    eprintln!("qubes-admin-eventd: {sig:?}, exiting");
+                    // The lock is released and the libvirt connection dropped by the exit.
+                    std::process::exit(0);
+                }
+            })
+            .map_err(EventdError::Thread)?;
+    }
+    eprintln!("qubes-admin-eventd: serving on {}", sock.display());
+
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("client".into())
+            .spawn(move || handle(stream, &shared));
+        if let Err(e) = spawned {
+            eprintln!("qubes-admin-eventd: cannot start a client thread: {e}");
+        }
+    }
+    drop(lock);
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_against_in_process_test_driver() {
+        let (reply, ok) = run_once("test:///default", &Request::List);
+        assert!(ok, "{reply}");
+        let rt = proto::decode_list(&reply).unwrap();
+        assert_eq!(
+            rt.host,
+            HostInfo {
+                memory_mib: 3072,
+                cpus: 16
+            }
+        );
+        let test = rt.domains.iter().find(|d| d.name == "test").unwrap();
+        assert!(test.active);
+        assert_eq!(test.id, 1);
+        assert_eq!(test.state, super::super::DomState::Running);
+    }
+
+    #[test]
+    fn once_unknown_uuid_is_none() {
+        let (reply, ok) = run_once(
+            "test:///default",
+            &Request::Info("00000000-0000-0000-0000-000000000001".into()),
+        );
+        assert!(ok, "{reply}");
+        assert_eq!(proto::decode_info(&reply).unwrap(), None);
+    }
+
+    #[test]
+    fn once_bad_uri_is_an_error_reply() {
+        let (reply, ok) = run_once(
+            "test+unix:///default?socket=/nonexistent/sock",
+            &Request::List,
+        );
+        assert!(!ok);
+        assert!(
+            reply.starts_with("err cannot connect to libvirt"),
+            "{reply}"
+        );
+    }
+
+    #[test]
+    fn answers_error_without_cache() {
+        let shared = Shared::default();
+        assert!(shared.answer(&Request::List).starts_with("err "));
+        set_down(&shared, "libvirt is down".into());
+        assert_eq!(shared.answer(&Request::List), "err libvirt is down\n");
+    }
+}

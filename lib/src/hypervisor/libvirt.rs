@@ -1,0 +1,191 @@
+//! Direct libvirt queries (feature `libvirt`): used by the helper and its `--once` mode only.
+
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState};
+use virt::error::ErrorNumber;
+
+use super::{DomState, DomainRuntime, HostInfo, Runtime};
+use crate::ffi::libvirt as ffi;
+
+/// A libvirt failure, with libvirt's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LibvirtError {
+    #[error("cannot connect to libvirt at '{uri}': {msg}")]
+    Connect { uri: String, msg: String },
+    #[error("libvirt: {0}")]
+    Call(String),
+    #[error("the libvirt connection is closed")]
+    Closed,
+}
+
+fn call_err(e: virt::error::Error) -> LibvirtError {
+    LibvirtError::Call(e.message().to_string())
+}
+
+fn is_no_domain(e: &virt::error::Error) -> bool {
+    e.code().is(ErrorNumber::NoDomain)
+}
+
+/// Silences libvirt's default error printer (errors are reported through results).
+pub fn quiet_errors() {
+    virt::error::clear_error_callback();
+}
+
+/// A connection that is closed without panicking (see [`ffi::close`]).
+#[derive(Debug)]
+pub struct Conn {
+    inner: Option<Connect>,
+    uri: String,
+}
+
+impl Conn {
+    pub fn open(uri: &str) -> Result<Conn, LibvirtError> {
+        Connect::open(Some(uri))
+            .map(|c| Conn {
+                inner: Some(c),
+                uri: uri.to_string(),
+            })
+            .map_err(|e| LibvirtError::Connect {
+                uri: uri.to_string(),
+                msg: e.message().to_string(),
+            })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn connect(&self) -> Result<&Connect, LibvirtError> {
+        self.inner.as_ref().ok_or(LibvirtError::Closed)
+    }
+
+    /// Whether libvirt still considers the connection usable (no RPC: a local check, which the
+    /// event loop keeps current by watching the socket and the keepalive).
+    pub fn is_alive(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|c| c.is_alive().unwrap_or(false))
+    }
+
+    /// Closes the connection, reporting libvirt's error.
+    pub fn close(mut self) -> Result<(), LibvirtError> {
+        match self.inner.take() {
+            Some(c) => ffi::close(c).map_err(call_err),
+            None => Ok(()),
+        }
+    }
+
+    pub fn host(&self) -> Result<HostInfo, LibvirtError> {
+        let ni = self.connect()?.node_info().map_err(call_err)?;
+        Ok(HostInfo {
+            memory_mib: ni.memory / 1024,
+            cpus: ni.cpus,
+        })
+    }
+
+    /// Every domain, with the numeric fields as of now (no memory stats: see [`Conn::info`]).
+    pub fn list(&self) -> Result<Runtime, LibvirtError> {
+        let host = self.host()?;
+        let all = self.connect()?.list_all_domains(0).map_err(call_err)?;
+        let mut domains = Vec::with_capacity(all.len());
+        for d in &all {
+            match snapshot(d) {
+                Ok(r) => domains.push(r),
+                // Undefined between the listing and the query: it is gone.
+                Err(e) if is_no_domain(&e) => {}
+                Err(e) => return Err(call_err(e)),
+            }
+        }
+        domains.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        Ok(Runtime { host, domains })
+    }
+
+    /// One domain as of now; `None` when libvirt has no domain with this UUID.
+    pub fn domain(&self, uuid: &str) -> Result<Option<DomainRuntime>, LibvirtError> {
+        let conn = self.connect()?;
+        let dom = match conn.lookup_domain_by_uuid_string(uuid) {
+            Ok(d) => d,
+            Err(e) if is_no_domain(&e) => return Ok(None),
+            Err(e) => return Err(call_err(e)),
+        };
+        match snapshot(&dom) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if is_no_domain(&e) => Ok(None),
+            Err(e) => Err(call_err(e)),
+        }
+    }
+
+    /// Like [`Conn::domain`], with `mem_kib` from the balloon ("actual") when the driver
+    /// reports it (the test driver does not).
+    pub fn info(&self, uuid: &str) -> Result<Option<DomainRuntime>, LibvirtError> {
+        let conn = self.connect()?;
+        let dom = match conn.lookup_domain_by_uuid_string(uuid) {
+            Ok(d) => d,
+            Err(e) if is_no_domain(&e) => return Ok(None),
+            Err(e) => return Err(call_err(e)),
+        };
+        let mut r = match snapshot(&dom) {
+            Ok(r) => r,
+            Err(e) if is_no_domain(&e) => return Ok(None),
+            Err(e) => return Err(call_err(e)),
+        };
+        if r.active {
+            // Memory statistics are optional (no balloon, some drivers): info().memory stays.
+            if let Ok(stats) = dom.memory_stats(0) {
+                if let Some(actual) = stats
+                    .iter()
+                    .find(|s| s.tag == virt::sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON)
+                {
+                    r.mem_kib = actual.val;
+                }
+            }
+        }
+        Ok(Some(r))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(c) = self.inner.take() {
+            // Nothing useful to do about a failed close while dropping.
+            let _ = ffi::close(c);
+        }
+    }
+}
+
+fn dom_state(s: virt::domain::DomainStateEnum) -> DomState {
+    match s.known() {
+        Some(DomainState::NoState) | None => DomState::NoState,
+        Some(DomainState::Running) => DomState::Running,
+        Some(DomainState::Blocked) => DomState::Blocked,
+        Some(DomainState::Paused) => DomState::Paused,
+        Some(DomainState::Shutdown) => DomState::Shutdown,
+        Some(DomainState::Shutoff) => DomState::Shutoff,
+        Some(DomainState::Crashed) => DomState::Crashed,
+        Some(DomainState::PMSuspended) => DomState::PmSuspended,
+    }
+}
+
+/// Identity, state and `info()` figures of one domain (two RPCs: info, isActive).
+fn snapshot(d: &Domain) -> Result<DomainRuntime, virt::error::Error> {
+    let uuid = d.uuid_string()?.to_ascii_lowercase();
+    let name = d.name()?;
+    let info = d.info()?;
+    let active = d.is_active()?;
+    // The ID cached in the handle can be stale for a domain that stopped: trust isActive.
+    let id = match d.id() {
+        Some(id) if active => i64::from(id),
+        _ => -1,
+    };
+    Ok(DomainRuntime {
+        name,
+        uuid,
+        id,
+        state: dom_state(info.state),
+        active,
+        mem_kib: info.memory,
+        max_mem_kib: info.max_mem,
+        vcpus: info.nr_virt_cpu,
+        cpu_time_ns: info.cpu_time,
+    })
+}

@@ -1,0 +1,408 @@
+//! admin.vm.List / admin.vm.CurrentState against a private libvirtd (test driver), through the
+//! helper's socket and through the `--once` fallback. Skips (with a message) when libvirtd or
+//! virsh is not installed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const CALL: &str = env!("CARGO_BIN_EXE_qubes-admin-call");
+const EVENTD: &str = env!("CARGO_BIN_EXE_qubes-admin-eventd");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
+        || Path::new("/usr/sbin").join(cmd).exists()
+}
+
+/// Everything the test started, stopped on drop (also on failure).
+struct Env {
+    lv_dir: PathBuf,
+    uri: String,
+    keeper: Option<Child>,
+    helper: Option<Child>,
+    tmp: tempfile::TempDir,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for c in [self.helper.take(), self.keeper.take()]
+            .into_iter()
+            .flatten()
+        {
+            stop_child(c);
+        }
+        let _ = Command::new(repo().join("tests/support/libvirtd.sh"))
+            .arg("stop")
+            .arg(&self.lv_dir)
+            .status();
+    }
+}
+
+fn stop_child(mut c: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+impl Env {
+    fn virsh(&self, args: &[&str]) {
+        let out = Command::new("virsh")
+            .arg("-q")
+            .arg("-c")
+            .arg(&self.uri)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "virsh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.tmp.path().join("run")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.run_dir().join("qubes-admin/eventd.sock")
+    }
+
+    /// One call in socket framing; `eventd` overrides the fallback executable.
+    fn call(&self, method: &str, dest: &str, eventd: Option<&str>) -> Vec<u8> {
+        let mut cmd = Command::new(CALL);
+        cmd.arg("--socket-request")
+            .env("QUBES_XML_PATH", self.tmp.path().join("qubes.xml"))
+            .env("QUBES_RUN_DIR", self.run_dir())
+            .env("QUBES_LIBVIRT_URI", &self.uri)
+            .env_remove("QREXEC_SERVICE_FULL_NAME")
+            .env_remove("QUBES_ADMIN_EVENTD");
+        if let Some(e) = eventd {
+            cmd.env("QUBES_ADMIN_EVENTD", e);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{method}+ dom0 name {dest}\0").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap().stdout
+    }
+
+    fn list(&self, eventd: Option<&str>) -> String {
+        String::from_utf8(self.call("admin.vm.List", "dom0", eventd)).unwrap()
+    }
+
+    /// Polls until the listing equals `want` (events reach the helper asynchronously), then
+    /// asserts it.
+    fn expect_list(&self, want: &str, eventd: Option<&str>) {
+        let t = Instant::now();
+        let mut got = self.list(eventd);
+        while got != want && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+            got = self.list(eventd);
+        }
+        assert_eq!(got, want);
+    }
+
+    fn start_helper(&mut self) {
+        let child = Command::new(EVENTD)
+            .env("QUBES_RUN_DIR", self.run_dir())
+            .env("QUBES_LIBVIRT_URI", &self.uri)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.helper = Some(child);
+        let t = Instant::now();
+        while !self.socket().exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the helper did not open its socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop_helper(&mut self) {
+        if let Some(c) = self.helper.take() {
+            stop_child(c);
+        }
+    }
+}
+
+const VM0000: &str = "e4b06ce6-0741-47a8-bce4-2c8218072e8c";
+
+/// The fixture's listing with vm0000 in `state` (everything else is Halted).
+fn listing(state: &str) -> String {
+    let mut s = String::from(
+        "0\0dom0 class=AdminVM state=Running uuid=00000000-0000-0000-0000-000000000000\n",
+    );
+    for (name, class, uuid) in [
+        (
+            "default-dvm",
+            "AppVM",
+            "35bf992d-c9e9-4616-a12e-7696a6cecc1b",
+        ),
+        (
+            "fedora-41",
+            "TemplateVM",
+            "cd613e30-d8f1-4adf-91b7-584a2265b1f5",
+        ),
+        (
+            "sys-firewall",
+            "AppVM",
+            "78e51061-7311-48a3-82ce-6f447ed4d57b",
+        ),
+        ("sys-net", "AppVM", "1e2feb89-414c-443c-9027-c4d1c386bbc4"),
+        ("vm0000", "AppVM", VM0000),
+        ("vm0001", "AppVM", "9b810e76-6ec9-4286-a3ca-828dd5f4b3b2"),
+        ("vm0002", "AppVM", "b2221a58-008a-45a6-8464-7159c324c985"),
+        ("vm0003", "AppVM", "cd447e35-b8b6-48fe-842e-3d437204e52d"),
+        ("vm0004", "AppVM", "1a2b8f1f-f1fd-42a2-9755-d4c13a902931"),
+        ("vm0005", "AppVM", "05b6e6e3-07d4-4edc-9143-1193e6c3f339"),
+        ("vm0006", "AppVM", "025b413f-8a9a-421e-a648-a7dd06839eb9"),
+        ("vm0007", "AppVM", "afbd67f9-6196-49cf-a198-8ad9f06c144a"),
+        ("vm0008", "AppVM", "b9d179e0-6c0f-44f5-b813-0c4237730edf"),
+        ("vm0009", "AppVM", "c381e88f-38c0-48fd-8712-b8bc076f3787"),
+    ] {
+        let st = if name == "vm0000" { state } else { "Halted" };
+        s.push_str(&format!("{name} class={class} state={st} uuid={uuid}\n"));
+    }
+    s
+}
+
+fn domain_xml(name: &str, uuid: &str) -> String {
+    format!(
+        "<domain type='test'><name>{name}</name><uuid>{uuid}</uuid>\
+         <memory unit='KiB'>409600</memory><vcpu>2</vcpu><os><type>hvm</type></os></domain>"
+    )
+}
+
+fn setup() -> Option<Env> {
+    if !have("libvirtd") || !have("virsh") {
+        eprintln!(
+            "SKIPPED: libvirtd/virsh not installed (Debian: libvirt-daemon, libvirt-clients)"
+        );
+        return None;
+    }
+    let out = Command::new(repo().join("tests/support/libvirtd.sh"))
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "libvirtd.sh start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uri = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let lv_dir = PathBuf::from(
+        uri.split("socket=")
+            .nth(1)
+            .unwrap()
+            .strip_suffix("/run/libvirt/libvirt-sock")
+            .unwrap(),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("run")).unwrap();
+    std::fs::copy(
+        repo().join("tests/fixtures/gen10/qubes.xml"),
+        tmp.path().join("qubes.xml"),
+    )
+    .unwrap();
+    let mut env = Env {
+        lv_dir,
+        uri,
+        keeper: None,
+        helper: None,
+        tmp,
+    };
+
+    // The daemon resets the test driver's state when its last client disconnects: keep one
+    // connection (an event listener, which also shows when it is connected) for the whole test.
+    let mut keeper = Command::new("virsh")
+        .args(["-q", "-c", &env.uri, "event", "--all", "--loop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = keeper.stdout.take().unwrap();
+    env.keeper = Some(keeper);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let t = Instant::now();
+    loop {
+        env.virsh(&["suspend", "test"]);
+        env.virsh(&["resume", "test"]);
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the keeper connection never saw an event"
+        );
+    }
+    // Start from no domains.
+    env.virsh(&["destroy", "test"]);
+    env.virsh(&["undefine", "test"]);
+    Some(env)
+}
+
+#[test]
+fn vm_list_and_current_state_follow_libvirt() {
+    let Some(mut env) = setup() else { return };
+    let dir = env.tmp.path().to_path_buf();
+    for (name, uuid) in [
+        ("vm0000", VM0000),
+        ("vm0001", "9b810e76-6ec9-4286-a3ca-828dd5f4b3b2"),
+    ] {
+        let xml = dir.join(format!("{name}.xml"));
+        std::fs::write(&xml, domain_xml(name, uuid)).unwrap();
+        env.virsh(&["define", xml.to_str().unwrap()]);
+    }
+    // A libvirt domain that is no qube does not show up.
+    let stray = dir.join("stray.xml");
+    std::fs::write(
+        &stray,
+        domain_xml("stray", "11111111-2222-3333-4444-555555555555"),
+    )
+    .unwrap();
+    env.virsh(&["define", stray.to_str().unwrap()]);
+    env.virsh(&["start", "stray"]);
+
+    // --- no helper: every call runs `qubes-admin-eventd --once` (found next to the binary).
+    assert!(!env.socket().exists());
+    env.expect_list(&listing("Halted"), None);
+    env.virsh(&["start", "vm0000"]);
+    // fedora-41 has feature qrexec=1 and there is no qrexec.vm0000 yet.
+    env.expect_list(&listing("Transient"), None);
+    std::fs::write(env.run_dir().join("qrexec.vm0000"), b"").unwrap();
+    env.expect_list(&listing("Running"), None);
+    env.virsh(&["suspend", "vm0000"]);
+    env.expect_list(&listing("Paused"), None);
+    let st = String::from_utf8(env.call("admin.vm.CurrentState", "vm0000", None)).unwrap();
+    assert!(
+        st.starts_with("0\0mem=409600 mem_static_max=0 cputime="),
+        "{st:?}"
+    );
+    assert!(st.ends_with(" power_state=Paused"), "{st:?}");
+    assert_eq!(
+        env.call("admin.vm.CurrentState", "vm0001", None),
+        b"0\0mem=0 mem_static_max=0 cputime=0 power_state=Halted"
+    );
+    // Just the named qube.
+    assert_eq!(
+        env.call("admin.vm.List", "vm0000", None),
+        format!("0\0vm0000 class=AppVM state=Paused uuid={VM0000}\n").into_bytes()
+    );
+
+    // --- with the helper: answers come from its socket (the fallback is made unusable).
+    env.start_helper();
+    let no_fallback = Some("/nonexistent/qubes-admin-eventd");
+    env.expect_list(&listing("Paused"), no_fallback);
+    env.virsh(&["resume", "vm0000"]);
+    env.expect_list(&listing("Running"), no_fallback);
+    env.virsh(&["suspend", "vm0000"]);
+    env.expect_list(&listing("Paused"), no_fallback);
+    env.virsh(&["destroy", "vm0000"]);
+    env.expect_list(&listing("Halted"), no_fallback);
+    assert_eq!(
+        env.call("admin.vm.CurrentState", "vm0000", no_fallback),
+        b"0\0mem=0 mem_static_max=0 cputime=0 power_state=Halted"
+    );
+    env.virsh(&["start", "vm0000"]);
+    env.expect_list(&listing("Running"), no_fallback);
+    std::fs::remove_file(env.run_dir().join("qrexec.vm0000")).unwrap();
+    env.expect_list(&listing("Transient"), no_fallback);
+    let st = String::from_utf8(env.call("admin.vm.CurrentState", "vm0000", no_fallback)).unwrap();
+    assert!(
+        st.starts_with("0\0mem=409600 mem_static_max=0 cputime=")
+            && st.ends_with(" power_state=Transient"),
+        "{st:?}"
+    );
+    // dom0 has no libvirt domain on the test driver: a clear error, as the reference gives none.
+    let dom0 = String::from_utf8(env.call("admin.vm.CurrentState", "dom0", no_fallback)).unwrap();
+    assert!(
+        dom0.starts_with("2\0QubesException\0\0dom0 has no libvirt domain"),
+        "{dom0:?}"
+    );
+
+    // A second helper for the same run_dir refuses to start.
+    let second = Command::new(EVENTD)
+        .env("QUBES_RUN_DIR", env.run_dir())
+        .env("QUBES_LIBVIRT_URI", &env.uri)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
+
+    // SIGTERM removes the socket; calls fall back again and see the same state.
+    env.stop_helper();
+    assert!(!env.socket().exists());
+    env.virsh(&["suspend", "vm0000"]);
+    env.expect_list(&listing("Paused"), None);
+    let no_helper = env.list(no_fallback);
+    assert!(
+        no_helper.starts_with("2\0QubesException\0\0hypervisor unavailable: cannot run"),
+        "{no_helper:?}"
+    );
+
+    // libvirt down: an error from the helper (never stale data) and from the fallback.
+    env.start_helper();
+    env.expect_list(&listing("Paused"), no_fallback);
+    let _ = Command::new(repo().join("tests/support/libvirtd.sh"))
+        .arg("stop")
+        .arg(&env.lv_dir)
+        .status();
+    let t = Instant::now();
+    let mut got = env.list(no_fallback);
+    while got.starts_with("0\0") && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        got = env.list(no_fallback);
+    }
+    assert!(
+        got.starts_with("2\0QubesException\0\0hypervisor unavailable: "),
+        "{got:?}"
+    );
+    env.stop_helper();
+    let got = env.list(None);
+    assert!(
+        got.starts_with("2\0QubesException\0\0hypervisor unavailable: cannot connect to libvirt"),
+        "{got:?}"
+    );
+}

@@ -91,6 +91,10 @@ impl Sandbox {
         std::fs::create_dir_all(self.run_dir()).unwrap();
         std::fs::create_dir_all(self.base_dir()).unwrap();
         std::fs::create_dir_all(self.policy_dir()).unwrap();
+        let node = self.fixture.join("libvirt-node.xml");
+        if node.exists() {
+            std::fs::copy(&node, self.libvirt_node()).unwrap();
+        }
         if let Ok(rd) = std::fs::read_dir(self.fixture.join("policy.d")) {
             for e in rd.flatten() {
                 std::fs::copy(e.path(), d.join("policy.d").join(e.file_name())).unwrap();
@@ -110,6 +114,20 @@ impl Sandbox {
     pub fn policy_dir(&self) -> PathBuf {
         self.dir.path().join("policy.d")
     }
+    fn libvirt_node(&self) -> PathBuf {
+        self.dir.path().join("libvirt-node.xml")
+    }
+    /// libvirt's in-process test driver: on the fixture's `libvirt-node.xml` if it has one (a
+    /// private copy per connection, so each call sees the node as defined), else the built-in
+    /// default node (3072 MiB, 16 CPUs, no Qubes VM running).
+    pub fn libvirt_uri(&self) -> String {
+        let node = self.libvirt_node();
+        if node.exists() {
+            format!("test://{}", node.display())
+        } else {
+            "test:///default".to_string()
+        }
+    }
 
     /// The binary with a clean environment holding only the `QUBES_*` contract (and PATH).
     pub fn command(&self) -> Command {
@@ -119,7 +137,7 @@ impl Sandbox {
             .env("QUBES_BASE_DIR", self.base_dir())
             .env("QUBES_RUN_DIR", self.run_dir())
             .env("QUBES_POLICY_DIR", self.policy_dir())
-            .env("QUBES_LIBVIRT_URI", "test:///default")
+            .env("QUBES_LIBVIRT_URI", self.libvirt_uri())
             .env("PATH", std::env::var_os("PATH").unwrap_or_default());
         c
     }

@@ -239,8 +239,14 @@ fn label_value(ctx: &Ctx<'_>, text: &str) -> Result<Val, ApiError> {
             .map(|l| Val::Text(l.name.clone()))
     };
     if let Some(n) = text.strip_prefix("label-") {
-        // The reference crashes (no reply) when the index is not a number; we say not found.
-        return py_int(n).and_then(by_index).ok_or_else(not_found);
+        // The reference names the index alone (`Label does not exist: 99`); it crashes (no
+        // reply) when the index is not a number, where we say not found.
+        return py_int(n).and_then(by_index).ok_or_else(|| {
+            ApiError::new(
+                ExcType::QubesLabelNotFoundError,
+                format!("Label does not exist: {n}"),
+            )
+        });
     }
     if let Some(l) = labels.iter().find(|l| l.name == text) {
         return Ok(Val::Text(l.name.clone()));
@@ -735,7 +741,10 @@ fn post_set_vm(
 ) -> Result<(), ApiError> {
     let subj = ctx.doc().name(id).to_string();
     match name {
-        "label" | "template_for_dispvms" => emit_reset_only(ctx, &subj, "icon"),
+        // The AdminVM's icon is fixed (`adminvm-black`): nothing to reset.
+        "label" | "template_for_dispvms" if ctx.doc().class(id) != "AdminVM" => {
+            emit_reset_only(ctx, &subj, "icon")
+        }
         "provides_network" => {
             servicevm_feature(ctx, id)?;
             if changed {

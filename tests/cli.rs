@@ -271,3 +271,56 @@ fn human_front_end() {
     c.arg("--bogus");
     assert_eq!(run(c, b"").status.code(), Some(2));
 }
+
+#[test]
+fn a_caller_that_hangs_up_does_not_interrupt_the_call() {
+    let sb = Sandbox::new();
+    let mut c = sb.command();
+    c.arg("--socket-request");
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The caller goes away before the reply: its end of the reply pipe is closed first.
+    drop(child.stdout.take());
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"admin.vm.tag.Set+hangup dom0 name vm0001\0")
+        .unwrap();
+    let status = child.wait().unwrap();
+    // Not killed by SIGPIPE: the call finished and exited normally.
+    assert!(status.success(), "{status:?}");
+    let out = socket(&sb, b"admin.vm.tag.Get+hangup dom0 name vm0001\0");
+    assert_eq!(out.stdout, b"0\x001");
+}
+
+#[test]
+fn nothing_starts_before_the_callers_eof() {
+    let sb = Sandbox::new();
+    let before = file_bytes(&sb.xml());
+    let mut c = sb.command();
+    c.arg("--socket-request");
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"admin.vm.tag.Set+early dom0 name vm0001\0")
+        .unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Still waiting for EOF: the store is untouched.
+    assert_eq!(file_bytes(&sb.xml()), before);
+    assert!(child.try_wait().unwrap().is_none());
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"0\0");
+    assert_ne!(file_bytes(&sb.xml()), before);
+}

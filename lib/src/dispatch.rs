@@ -440,6 +440,46 @@ pub static METHODS: &[Method] = &[
     ),
 ];
 
+/// `docs/methods.md`: the table as Markdown (regenerate with `qubes-admin-call methods --markdown`).
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# Admin API methods served by qubes-admin-call\n\n\
+         Generated from the dispatch table (`lib/src/dispatch.rs`) by \
+         `qubes-admin-call methods --markdown`; a unit test keeps it current.\n\n\
+         | method | destination | argument | payload | scope | access | qrexec service |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for m in METHODS {
+        let dest = match m.dest {
+            DestRule::AdminVm => "dom0 only",
+            DestRule::NotAdminVm => "a qube, not dom0",
+            DestRule::Any => "any",
+        };
+        let p = |x: Presence| match x {
+            Presence::Required => "required",
+            Presence::Forbidden => "none",
+            Presence::Optional => "optional",
+        };
+        let scope = match m.scope {
+            Scope::Global => "global",
+            Scope::Local => "local",
+        };
+        let access = match m.access {
+            Access::Read => "read-only",
+            Access::Write => "read-write",
+            Access::Execute => "execute",
+        };
+        out.push_str(&format!(
+            "| `{}` | {dest} | {} | {} | {scope} | {access} | {} |\n",
+            m.name,
+            p(m.arg),
+            p(m.payload),
+            if m.qrexec { "yes" } else { "socket only" }
+        ));
+    }
+    out
+}
+
 /// Looks a method up by its exact name.
 pub fn find(name: &str) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)
@@ -611,6 +651,15 @@ mod generated_files {
         assert_eq!(
             have, want,
             "qubes-rpc/services.list is stale: run `qubes-admin-call methods > qubes-rpc/services.list`"
+        );
+    }
+
+    #[test]
+    fn methods_doc_is_current() {
+        assert_eq!(
+            include_str!("../../docs/methods.md"),
+            markdown(),
+            "docs/methods.md is stale: run `qubes-admin-call methods --markdown > docs/methods.md`"
         );
     }
 }

@@ -127,13 +127,63 @@ impl System {
         Ok(body)
     }
 
-    fn execute_read(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
+    /// The current qubes.xml, parsed once and reused while the file is unchanged (same inode,
+    /// size and mtime): typed access to labels, pools, domains and what they store.
+    pub fn document(&mut self) -> Result<&Document, ApiError> {
         let stamp = store::stamp(&self.config.xml_path).ok();
         let fresh = matches!((&self.cache, stamp), (Some((s, _)), Some(now)) if *s == now);
         if !fresh {
             let (doc, stamp) = store::load(&self.config.xml_path)?;
             self.cache = Some((stamp, doc));
         }
+        match &self.cache {
+            Some((_, doc)) => Ok(doc),
+            None => Err(ApiError::qubes("internal error: qubes.xml not loaded")),
+        }
+    }
+
+    /// A property of qube `vm` (by name), or of the global object when `vm` is `None`, as a
+    /// typed value: what `admin.vm.property.Get` / `admin.property.Get` report.
+    pub fn property(
+        &mut self,
+        vm: Option<&str>,
+        name: &str,
+    ) -> Result<props::PropertyValue, ApiError> {
+        self.document()?;
+        let Some((_, doc)) = &self.cache else {
+            return Err(ApiError::qubes("internal error: qubes.xml not loaded"));
+        };
+        let dom0 = doc
+            .domain_by_name("dom0")
+            .ok_or_else(|| ApiError::vm_not_found("dom0"))?;
+        let (dest, holder) = match vm {
+            Some(n) => {
+                let id = request::resolve(doc, &request::parse_vm_ref(n.as_bytes())?)?;
+                (id, props::Holder::Vm(id))
+            }
+            None => (dom0, props::Holder::Global),
+        };
+        let method = dispatch::find(if vm.is_some() {
+            "admin.vm.property.Get"
+        } else {
+            "admin.property.Get"
+        })
+        .ok_or_else(|| ApiError::qubes("internal error: property.Get missing from the table"))?;
+        let ctx = Ctx::new(
+            &self.config,
+            method,
+            dom0,
+            dest,
+            name.to_string(),
+            Vec::new(),
+            DocRef::Read(doc),
+            self.hv.as_ref(),
+        );
+        props::read(&ctx, holder, name)
+    }
+
+    fn execute_read(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
+        self.document()?;
         let Some((_, doc)) = &self.cache else {
             return Err(ApiError::qubes("internal error: qubes.xml not loaded"));
         };

@@ -84,3 +84,89 @@ pub fn lookup(ctx: &Ctx<'_>, h: Holder, name: &str) -> Result<&'static defs::Pro
         )
     })
 }
+
+/// A property's value as `Get` reports it, typed, for in-process users of the library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropertyValue {
+    /// Wire type name: `vm`, `int`, `bool`, `label` or `str`.
+    pub wire_type: &'static str,
+    /// True when no value is stored (the value comes from the default rule).
+    pub is_default: bool,
+    /// The value as the reference renders it (`None` when it has neither value nor default).
+    pub value: Option<String>,
+}
+
+/// Reads one property of `h` (existence check included).
+pub fn read(ctx: &Ctx<'_>, h: Holder, name: &str) -> Result<PropertyValue, ApiError> {
+    let def = lookup(ctx, h, name)?;
+    let wire_type = def.ty.wire_name();
+    match defaults::get(ctx, h, def) {
+        Ok(v) => Ok(PropertyValue {
+            wire_type,
+            is_default: defaults::is_default(ctx, h, def).map_err(|e| match e {
+                ReadErr::Api(e) => e,
+                ReadErr::Unset => ApiError::qubes(format!("property '{name}' is unreadable")),
+            })?,
+            value: Some(v.reply_str()),
+        }),
+        Err(ReadErr::Unset) => Ok(PropertyValue {
+            wire_type,
+            is_default: true,
+            value: None,
+        }),
+        Err(ReadErr::Api(e)) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod api_tests {
+    use crate::hypervisor::{HostInfo, Offline};
+    use crate::{Config, System};
+
+    /// The typed in-process API agrees with the wire replies.
+    #[test]
+    fn typed_property_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let xml = dir.path().join("qubes.xml");
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/fixtures/gen10/qubes.xml"
+            ),
+            &xml,
+        )
+        .unwrap();
+        let config = Config {
+            xml_path: xml,
+            run_dir: dir.path().join("run"),
+            ..Config::default()
+        };
+        let mut sys = System::with_hypervisor(
+            config,
+            Box::new(Offline {
+                host: HostInfo {
+                    memory_mib: 3072,
+                    cpus: 16,
+                },
+            }),
+        );
+        let label = sys.property(Some("vm0001"), "label").unwrap();
+        assert_eq!(
+            (label.wire_type, label.is_default, label.value.as_deref()),
+            ("label", false, Some("orange"))
+        );
+        let netvm = sys.property(Some("vm0001"), "netvm").unwrap();
+        assert_eq!(
+            (netvm.wire_type, netvm.is_default, netvm.value.as_deref()),
+            ("vm", true, Some("sys-firewall"))
+        );
+        let tpl = sys.property(None, "default_template").unwrap();
+        assert_eq!(tpl.value.as_deref(), Some("fedora-41"));
+        assert_eq!(
+            sys.property(Some("vm0001"), "nosuch").unwrap_err().msg,
+            "Invalid property 'nosuch' of vm0001"
+        );
+        let doc = sys.document().unwrap();
+        assert_eq!(doc.domains().len(), 15);
+    }
+}

@@ -20,7 +20,7 @@ use qubes_admin::{ApiError, Config, System};
 const USAGE: &str = "usage:
   qubes-admin-call --socket-request        < '<method>+<arg> <src> name <dest>\\0<payload>'
   qubes-admin-call call METHOD[+ARG] [DEST] [--src NAME]   (payload on stdin unless a tty)
-  qubes-admin-call methods                 (qrexec service names, one per line)
+  qubes-admin-call methods [--markdown]    (qrexec service names, one per line; or the method table)
   qubes-admin-call sandbox DIR             (create a sandbox dom0 in DIR; prints its environment)
   (as a qrexec service: QREXEC_SERVICE_FULL_NAME and friends in the environment)
 environment: QUBES_XML_PATH QUBES_BASE_DIR QUBES_LIBVIRT_URI QUBES_RUN_DIR QUBES_POLICY_DIR";
@@ -56,6 +56,10 @@ fn main() -> ExitCode {
     match args.get(1).map(|a| a.as_bytes()) {
         Some(b"--socket-request") if args.len() == 2 => socket_request(),
         Some(b"call") => human_call(args.get(2..).unwrap_or_default()),
+        Some(b"methods") if args.get(2).map(|a| a.as_bytes()) == Some(b"--markdown") => {
+            write_out(qubes_admin::dispatch::markdown().as_bytes());
+            ExitCode::SUCCESS
+        }
         Some(b"methods") if args.len() == 2 => {
             let mut out = String::new();
             for m in qubes_admin::dispatch::METHODS.iter().filter(|m| m.qrexec) {

@@ -9,3 +9,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked --release
 cargo test --workspace --locked --release
+scripts/fuzz-ci.sh                    # short fuzz run, ~20 s per target (docs/testing-fuzz.md)
+# Crash suite (docs/testing-crash.md), short mode: every fail point × 5 write methods and 150
+# SIGKILL trials. The binary needs the test-only `failpoints` feature; its own target dir keeps
+# that build from replacing target/release/qubes-admin-call.
+cargo test --release --locked -p qubes-admin-services --features failpoints --test crash \
+  --target-dir target/failpoints

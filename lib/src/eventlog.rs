@@ -165,7 +165,8 @@ fn encode(seq: u64, frame: &[u8], out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-const HINT_LEN: usize = 62;
+/// `<seq:020> <offset:020> <check:016x>\n`: what [`write_hint`] writes.
+const HINT_LEN: usize = 20 + 1 + 20 + 1 + 16 + 1;
 
 fn hint_check(seq: u64, off: u64) -> u64 {
     (seq ^ off.rotate_left(17)) ^ 0x5155_4245_5345_5654
@@ -173,6 +174,7 @@ fn hint_check(seq: u64, off: u64) -> u64 {
 
 fn write_hint(lock: &File, seq: u64, off: u64) {
     let s = format!("{seq:020} {off:020} {:016x}\n", hint_check(seq, off));
+    debug_assert_eq!(s.len(), HINT_LEN);
     // A lost hint only costs a rescan.
     let _ = lock.write_all_at(s.as_bytes(), 0);
 }
@@ -415,6 +417,33 @@ mod tests {
             assert_eq!(all[2].1, ev(9));
             std::fs::write(&p, &good).unwrap();
         }
+    }
+
+    /// Regression (crash suite): the hint is 59 bytes but was read as 62, so it never
+    /// validated and every append rescanned the whole log from offset 0 (and the lagging-hint
+    /// recovery path never ran).
+    #[test]
+    fn hint_round_trips_and_is_followed() {
+        let d = tempfile::tempdir().unwrap();
+        append(d.path(), &[ev(1), ev(2)]).unwrap();
+        let lock = File::open(lock_path(d.path())).unwrap();
+        let size = std::fs::metadata(log_path(d.path())).unwrap().len();
+        assert_eq!(read_hint(&lock), Some((2, size)));
+        // A hint one append behind (a writer died between its log write and its hint
+        // update) is followed forward, not rescanned.
+        let lagging = std::fs::read(lock_path(d.path())).unwrap();
+        append(d.path(), &[ev(3)]).unwrap();
+        std::fs::write(lock_path(d.path()), &lagging).unwrap();
+        assert_eq!(append(d.path(), &[ev(4)]).unwrap(), 4);
+        let size = std::fs::metadata(log_path(d.path())).unwrap().len();
+        assert_eq!(read_hint(&lock), Some((4, size)));
+        // Records before the hint are not read again: damage there (which a rescan would
+        // truncate away with everything after it) does not stop the sequence.
+        let mut b = std::fs::read(log_path(d.path())).unwrap();
+        b[0] = b'X';
+        std::fs::write(log_path(d.path()), &b).unwrap();
+        assert_eq!(append(d.path(), &[ev(5)]).unwrap(), 5);
+        assert!(std::fs::metadata(log_path(d.path())).unwrap().len() > size);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
 use crate::names;
+use crate::python;
 use crate::store::{Document, Label};
 
 /// Indices up to this one are the default labels (`max_default_label`).
@@ -51,7 +52,7 @@ pub fn create(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     if lookup(doc.labels(), &name).is_ok() {
         return Err(ApiError::new(
             ExcType::QubesLabelInUseError,
-            format!("Label is still in use: {}", py_repr(&name)),
+            format!("Label is still in use: {}", python::repr(&name)),
         ));
     }
     let index = doc
@@ -88,7 +89,7 @@ pub fn lookup<'l>(labels: &'l [Label], arg: &str) -> Result<&'l Label, ApiError>
     labels
         .iter()
         .find(|l| l.name == arg)
-        .or_else(|| py_int(arg).and_then(|i| by_index(labels, i)))
+        .or_else(|| python::int(arg, 10).and_then(|i| by_index(labels, i)))
         .ok_or_else(|| {
             ApiError::new(
                 ExcType::QubesLabelNotFoundError,
@@ -105,7 +106,7 @@ fn by_index(labels: &[Label], index: i64) -> Option<&Label> {
 /// whatever [`lookup`] accepts.
 pub fn resolve_vm_label<'l>(labels: &'l [Label], value: &str) -> Option<&'l Label> {
     match value.strip_prefix("label-") {
-        Some(n) => py_int(n).and_then(|i| by_index(labels, i)),
+        Some(n) => python::int(n, 10).and_then(|i| by_index(labels, i)),
         None => lookup(labels, value).ok(),
     }
 }
@@ -128,70 +129,9 @@ pub fn label_repr(l: &Label) -> String {
     format!(
         "Label({}, {}, {})",
         l.index,
-        py_repr(&l.color),
-        py_repr(&l.name)
+        python::repr(&l.color),
+        python::repr(&l.name)
     )
-}
-
-/// Python's `int(str)` for base 10: surrounding whitespace, an optional sign, digits with single
-/// underscores between them. `None` if Python would raise (or the value does not fit).
-pub fn py_int(s: &str) -> Option<i64> {
-    let t = s.trim_matches(|c: char| {
-        c.is_ascii_whitespace() || ('\x1c'..='\x1f').contains(&c) || c == '\x0b'
-    });
-    let (neg, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, t.get(1..)?),
-        Some(b'+') => (false, t.get(1..)?),
-        _ => (false, t),
-    };
-    let b = digits.as_bytes();
-    let ok = b.first().is_some_and(u8::is_ascii_digit)
-        && b.last().is_some_and(u8::is_ascii_digit)
-        && b.iter().all(|c| c.is_ascii_digit() || *c == b'_')
-        && !digits.contains("__");
-    if !ok {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for c in b.iter().filter(|c| c.is_ascii_digit()) {
-        v = v.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
-    }
-    Some(if neg { -v } else { v })
-}
-
-/// Python `repr(str)`: single quotes unless the text contains `'` and no `"`; backslash, the
-/// quote, TAB/LF/CR and other control characters escaped.
-pub fn py_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => {
-                let cp = u32::from(c);
-                if cp < 0x100 {
-                    out.push_str(&format!("\\x{cp:02x}"));
-                } else {
-                    out.push_str(&format!("\\u{cp:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-    out
 }
 
 #[cfg(test)]
@@ -232,19 +172,19 @@ mod tests {
     #[test]
     fn reprs() {
         assert_eq!(label_repr(&labels()[2]), "Label(9, '0x00ffff', 'cyan')");
-        assert_eq!(py_repr(" 0x00ffff\n"), "' 0x00ffff\\n'");
-        assert_eq!(py_repr("a'b"), "\"a'b\"");
-        assert_eq!(py_repr("a'b\""), "'a\\'b\"'");
-        assert_eq!(py_repr("\x01\\"), "'\\x01\\\\'");
+        assert_eq!(python::repr(" 0x00ffff\n"), "' 0x00ffff\\n'");
+        assert_eq!(python::repr("a'b"), "\"a'b\"");
+        assert_eq!(python::repr("a'b\""), "'a\\'b\"'");
+        assert_eq!(python::repr("\x01\\"), "'\\x01\\\\'");
     }
 
     #[test]
     fn python_int() {
-        assert_eq!(py_int(" +1_0 "), Some(10));
-        assert_eq!(py_int("-0"), Some(0));
-        assert_eq!(py_int("1__0"), None);
-        assert_eq!(py_int("_1"), None);
-        assert_eq!(py_int(""), None);
-        assert_eq!(py_int("99999999999999999999"), None);
+        assert_eq!(python::int(" +1_0 ", 10), Some(10));
+        assert_eq!(python::int("-0", 10), Some(0));
+        assert_eq!(python::int("1__0", 10), None);
+        assert_eq!(python::int("_1", 10), None);
+        assert_eq!(python::int("", 10), None);
+        assert_eq!(python::int("99999999999999999999", 10), None);
     }
 }

@@ -34,6 +34,7 @@ pub mod label;
 pub mod notes_sanitize;
 pub mod property;
 pub mod props;
+pub mod python;
 pub mod vm_feature;
 pub mod vm_list;
 pub mod vm_notes;
@@ -55,7 +56,9 @@ use wire::RawRequest;
 pub struct System {
     config: Config,
     hv: Box<dyn Hypervisor>,
-    cache: Option<(FileStamp, Document)>,
+    /// The parsed version, its stamp, and its file, kept open so that its inode number cannot
+    /// be recycled for a later version (which could then have the same stamp).
+    cache: Option<(FileStamp, Document, std::fs::File)>,
 }
 
 impl System {
@@ -114,15 +117,21 @@ impl System {
             let body = (r.method.handler)(&mut ctx)?;
             (body, ctx.take_events())
         };
-        txn.commit()?;
-        // Still under the qubes.xml lock: the log's order is the commit order.
-        if !events.is_empty() {
-            eventlog::append(&self.config.run_dir, &events).map_err(|e| {
-                ApiError::qubes(format!(
-                    "the change was saved, but its events were not logged: {e}"
-                ))
-            })?;
-        }
+        // Events are appended right after the rename, still under the qubes.xml lock: the log's
+        // order is the commit order, and a kill between the two is a matter of microseconds.
+        let run_dir = &self.config.run_dir;
+        let logged = txn.commit_then(|| {
+            if events.is_empty() {
+                Ok(0)
+            } else {
+                eventlog::append(run_dir, &events)
+            }
+        })?;
+        logged.map_err(|e| {
+            ApiError::qubes(format!(
+                "the change was saved, but its events were not logged: {e}"
+            ))
+        })?;
         drop(txn);
         Ok(body)
     }
@@ -131,13 +140,16 @@ impl System {
     /// size and mtime): typed access to labels, pools, domains and what they store.
     pub fn document(&mut self) -> Result<&Document, ApiError> {
         let stamp = store::stamp(&self.config.xml_path).ok();
-        let fresh = matches!((&self.cache, stamp), (Some((s, _)), Some(now)) if *s == now);
+        let fresh = matches!((&self.cache, stamp), (Some((s, _, _)), Some(now)) if *s == now);
         if !fresh {
-            let (doc, stamp) = store::load(&self.config.xml_path)?;
-            self.cache = Some((stamp, doc));
+            // Close the old version first: this process's own descriptor is no reason to keep
+            // the old inode.
+            self.cache = None;
+            let (doc, stamp, file) = store::load_open(&self.config.xml_path)?;
+            self.cache = Some((stamp, doc, file));
         }
         match &self.cache {
-            Some((_, doc)) => Ok(doc),
+            Some((_, doc, _)) => Ok(doc),
             None => Err(ApiError::qubes("internal error: qubes.xml not loaded")),
         }
     }
@@ -150,7 +162,7 @@ impl System {
         name: &str,
     ) -> Result<props::PropertyValue, ApiError> {
         self.document()?;
-        let Some((_, doc)) = &self.cache else {
+        let Some((_, doc, _)) = &self.cache else {
             return Err(ApiError::qubes("internal error: qubes.xml not loaded"));
         };
         let dom0 = doc
@@ -184,7 +196,7 @@ impl System {
 
     fn execute_read(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
         self.document()?;
-        let Some((_, doc)) = &self.cache else {
+        let Some((_, doc, _)) = &self.cache else {
             return Err(ApiError::qubes("internal error: qubes.xml not loaded"));
         };
         let r = request::resolve_request(doc, raw)?;

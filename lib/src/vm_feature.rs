@@ -425,7 +425,7 @@ fn check_custom_persist(key: &str, value: &str) -> Result<(), ApiError> {
         )));
     }
     let mode = options.get(3).copied().unwrap_or_default();
-    if !py_int_base8(mode).is_some_and(|m| (0..=0o7777).contains(&m)) {
+    if !crate::python::int(mode, 8).is_some_and(|m| (0..=0o7777).contains(&m)) {
         return Err(ApiError::value(format!(
             "invalid mode option '{mode}' in value '{value}'"
         )));
@@ -517,30 +517,6 @@ fn is_py_float(s: &str) -> bool {
     }
 }
 
-/// Python's `int(s, 8)`: whitespace, sign, optional `0o` prefix, octal digits with single
-/// underscores (one may follow the prefix).
-fn py_int_base8(s: &str) -> Option<i64> {
-    let t = s.trim_matches(|c: char| {
-        c.is_ascii_whitespace() || c == '\x0b' || ('\x1c'..='\x1f').contains(&c)
-    });
-    let (neg, t) = match t.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, t.strip_prefix('+').unwrap_or(t)),
-    };
-    let digits = match t.strip_prefix("0o").or_else(|| t.strip_prefix("0O")) {
-        Some(r) => r.strip_prefix('_').unwrap_or(r),
-        None => t,
-    };
-    if !digitpart(digits) || !digits.bytes().all(|b| matches!(b, b'0'..=b'7' | b'_')) {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for c in digits.bytes().filter(u8::is_ascii_digit) {
-        v = v.checked_mul(8)?.checked_add(i64::from(c - b'0'))?;
-    }
-    Some(if neg { -v } else { v })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -564,13 +540,8 @@ mod tests {
         for bad in ["1e_3", "._5", "1_", "1__0", "e5", "1e", "0x10", "", "."] {
             assert!(!is_py_float(bad), "{bad}");
         }
-        assert_eq!(py_int_base8(" 755"), Some(0o755));
-        assert_eq!(py_int_base8("0o_7"), Some(7));
-        assert_eq!(py_int_base8("0O7"), Some(7));
-        assert_eq!(py_int_base8("-0"), Some(0));
-        assert_eq!(py_int_base8("7_5_5"), Some(0o755));
-        for bad in ["8", "", "0o", "_7", "7_", " 0b1"] {
-            assert_eq!(py_int_base8(bad), None, "{bad}");
+        for bad in ["_7", "7_", " 0b1"] {
+            assert_eq!(crate::python::int(bad, 8), None, "{bad}");
         }
         assert!(is_py_digit("007") && !is_py_digit("") && !is_py_digit("-1"));
     }

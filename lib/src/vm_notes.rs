@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::context::Ctx;
 use crate::error::ApiError;
-use crate::label::py_repr;
 use crate::notes_sanitize;
+use crate::python::repr as py_repr;
 
 /// Largest accepted note, in bytes.
 pub const MAX_NOTES_SIZE: usize = 256_000;

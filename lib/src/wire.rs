@@ -87,8 +87,10 @@ pub fn too_long(len: usize) -> ApiError {
 
 /// Builds a request from qrexec's exec-service environment (`QREXEC_*` variables).
 ///
-/// `service_full_name` is `QREXEC_SERVICE_FULL_NAME`; the request size limit applies to the
-/// reconstructed header plus payload, as for the socket.
+/// `service_full_name` is `QREXEC_SERVICE_FULL_NAME`; the request size limit applies to what
+/// qrexec would have sent qubesd for this call (the service descriptor
+/// `<service> <src> <name|keyword> <target>\0`, see [`exec_descriptor_len`]) plus the payload,
+/// so both front ends draw the 65,536-byte line at the same place.
 pub fn from_exec_env(
     service_full_name: &[u8],
     remote_domain: &[u8],
@@ -108,7 +110,7 @@ pub fn from_exec_env(
             )))
         }
     };
-    let header_len = service_full_name.len() + remote_domain.len() + 16;
+    let header_len = exec_descriptor_len(service_full_name, remote_domain, &target);
     if header_len + payload.len() > MAX_REQUEST {
         return Err(too_long(header_len + payload.len()));
     }
@@ -121,6 +123,21 @@ pub fn from_exec_env(
     })
 }
 
+/// Length of the service descriptor qrexec writes to qubesd's socket for this call,
+/// `<service> <src> <name|keyword> <target>\0`: what the reference counts against
+/// [`MAX_REQUEST`] besides the payload.
+pub fn exec_descriptor_len(
+    service_full_name: &[u8],
+    remote_domain: &[u8],
+    target: &Target,
+) -> usize {
+    let (ttype, dest): (&[u8], &[u8]) = match target {
+        Target::Name(n) => (b"name", n),
+        Target::Keyword(k) => (b"keyword", k),
+    };
+    service_full_name.len() + 1 + remote_domain.len() + 1 + ttype.len() + 1 + dest.len() + 1
+}
+
 /// `0\0<body>`.
 pub fn frame_ok(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 2);
@@ -130,12 +147,20 @@ pub fn frame_ok(body: &[u8]) -> Vec<u8> {
 }
 
 /// `2\0<Type>\0<traceback>\0<message>\0` (we never send a traceback).
+///
+/// The message ends at the frame's last NUL, so a NUL inside it (a caller's argument or value
+/// quoted back) would split the frame into extra fields: it is written as `\x00` instead.
 pub fn frame_exception(e: &ApiError) -> Vec<u8> {
     let mut out = Vec::with_capacity(e.msg.len() + 40);
     out.extend_from_slice(b"2\0");
     out.extend_from_slice(e.ty.as_str().as_bytes());
     out.extend_from_slice(b"\0\0");
-    out.extend_from_slice(e.msg.as_bytes());
+    for (i, part) in e.msg.as_bytes().split(|&b| b == 0).enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\\x00");
+        }
+        out.extend_from_slice(part);
+    }
     out.push(0);
     out
 }
@@ -192,6 +217,60 @@ mod tests {
         assert!(parse_socket_request(b"m+ s other x\0").is_err());
         let big = vec![b'x'; MAX_REQUEST + 1];
         assert!(parse_socket_request(&big).is_err());
+    }
+
+    /// Regression (hostile table, oversized rows): exec-service mode used to estimate the
+    /// header as `service + src + 16` bytes, refusing a 65,536-byte request to `name vm0001`
+    /// and accepting a 65,537-byte one to `keyword adminvm`. The limit now applies to the exact
+    /// descriptor qrexec sends qubesd, as in socket mode.
+    #[test]
+    fn exec_size_limit_counts_the_exact_descriptor() {
+        let svc = b"admin.vm.property.Set+kernelopts";
+        // `admin.vm.property.Set+kernelopts dom0 name vm0001\0`
+        let desc = svc.len() + 1 + 4 + 1 + 4 + 1 + 6 + 1;
+        assert_eq!(
+            exec_descriptor_len(svc, b"dom0", &Target::Name(b"vm0001".to_vec())),
+            desc
+        );
+        let req = |n: usize, ty: &[u8], t: &[u8]| {
+            from_exec_env(svc, b"dom0", Some(ty), Some(t), Some(t), vec![b'x'; n])
+        };
+        assert!(req(MAX_REQUEST - desc, b"name", b"vm0001").is_ok());
+        let e = req(MAX_REQUEST - desc + 1, b"name", b"vm0001").unwrap_err();
+        assert!(
+            e.msg.starts_with("request too long: 65537 bytes"),
+            "{}",
+            e.msg
+        );
+        // keyword targets: `... keyword adminvm\0` is 4 bytes longer than `... name vm0001\0`
+        assert!(req(MAX_REQUEST - desc - 4, b"keyword", b"adminvm").is_ok());
+        assert!(req(MAX_REQUEST - desc - 3, b"keyword", b"adminvm").is_err());
+        // QREXEC_REQUESTED_TARGET_TYPE unset counts as `name`
+        let unset = from_exec_env(
+            svc,
+            b"dom0",
+            None,
+            Some(b"vm0001"),
+            None,
+            vec![b'x'; MAX_REQUEST - desc],
+        );
+        assert!(unset.is_ok());
+    }
+
+    /// Regression (fuzz target `dispatch`, fuzz/regressions/dispatch/nul-in-message): a
+    /// library caller's argument with a NUL, quoted back in the message
+    /// (`Feature not set for domain disp1: fwfeat\x11\0vcpus`), split the exception frame into
+    /// four fields.
+    #[test]
+    fn exception_message_never_splits_the_frame() {
+        let e = ApiError::new(
+            crate::error::ExcType::QubesFeatureNotFoundError,
+            "Feature not set for domain disp1: fwfeat\x11\0vcpus\0",
+        );
+        assert_eq!(
+            frame_exception(&e),
+            b"2\0QubesFeatureNotFoundError\0\0Feature not set for domain disp1: fwfeat\x11\\x00vcpus\\x00\0"
+        );
     }
 
     #[test]

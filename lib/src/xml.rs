@@ -72,9 +72,15 @@ pub struct Tok {
 }
 
 /// The lexer: call [`Lexer::next_tok`] until it returns `Ok(None)`.
+///
+/// It checks that elements nest: an end tag must name the innermost element this lexer saw
+/// open. An end tag with no element open in this lexer (one opened before the position it was
+/// created at) cannot be checked here: the caller that knows that element checks its name.
 pub struct Lexer<'a> {
     src: &'a [u8],
     pos: usize,
+    /// Names of the elements opened since this lexer started and not closed yet.
+    open: Vec<Span>,
 }
 
 fn is_ws(b: u8) -> bool {
@@ -90,9 +96,57 @@ fn is_name_end(b: u8) -> bool {
     is_ws(b) || b == b'>' || b == b'/'
 }
 
+/// Whether a start tag's attribute bytes (between the name and `>` or `/>`) are
+/// `(whitespace name whitespace? = whitespace? quoted-value)* whitespace?`.
+fn attrs_well_formed(b: &[u8]) -> bool {
+    let mut i = 0;
+    let skip_ws = |mut i: usize| {
+        while b.get(i).is_some_and(|&c| is_ws(c)) {
+            i += 1;
+        }
+        i
+    };
+    loop {
+        let before = i;
+        i = skip_ws(i);
+        if i >= b.len() {
+            return true;
+        }
+        if i == before {
+            return false; // an attribute must follow whitespace
+        }
+        let name_start = i;
+        while b
+            .get(i)
+            .is_some_and(|&c| !is_ws(c) && !matches!(c, b'=' | b'"' | b'\'' | b'/' | b'<' | b'>'))
+        {
+            i += 1;
+        }
+        if i == name_start {
+            return false;
+        }
+        i = skip_ws(i);
+        if b.get(i) != Some(&b'=') {
+            return false;
+        }
+        i = skip_ws(i + 1);
+        let Some(&q) = b.get(i).filter(|&&c| c == b'"' || c == b'\'') else {
+            return false;
+        };
+        let Some(len) = b.get(i + 1..).and_then(|r| memchr::memchr(q, r)) else {
+            return false;
+        };
+        i += 1 + len + 1;
+    }
+}
+
 impl<'a> Lexer<'a> {
     pub fn new(src: &'a [u8], pos: usize) -> Lexer<'a> {
-        Lexer { src, pos }
+        Lexer {
+            src,
+            pos,
+            open: Vec::new(),
+        }
     }
 
     pub fn pos(&self) -> usize {
@@ -204,11 +258,15 @@ impl<'a> Lexer<'a> {
             if name_end == name_start {
                 return err(start, "empty end tag name");
             }
+            let name = Span::new(name_start, name_end);
+            if let Some(open) = self.open.pop() {
+                if open.of(self.src) != name.of(self.src) {
+                    return err(start, "mismatched end tag");
+                }
+            }
             self.pos = gt + 1;
             return Ok(Some(Tok {
-                kind: TokKind::End {
-                    name: Span::new(name_start, name_end),
-                },
+                kind: TokKind::End { name },
                 span: Span::new(start, self.pos),
             }));
         }
@@ -236,6 +294,12 @@ impl<'a> Lexer<'a> {
                 Some(b'>') => {
                     let empty = j > attrs_start && self.at(j - 1) == Some(b'/');
                     let attrs_end = if empty { j - 1 } else { j };
+                    if !attrs_well_formed(Span::new(attrs_start, attrs_end).of(self.src)) {
+                        return err(start, "malformed attributes in start tag");
+                    }
+                    if !empty {
+                        self.open.push(name);
+                    }
                     self.pos = j + 1;
                     return Ok(Some(Tok {
                         kind: TokKind::Start {
@@ -459,6 +523,58 @@ mod tests {
             escape_attr("a&<>\"'\r\n\t"),
             "a&amp;&lt;&gt;&quot;'&#13;&#10;&#9;"
         );
+    }
+
+    /// Regression (fuzz target `xml_codec`, fuzz/regressions/xml_codec/): the lexer took any end
+    /// tag for the innermost element's and accepted junk between a tag name and `>`, so a
+    /// document that is not well-formed parsed, and saving it after a change lost bytes or the
+    /// change (`<qubes//>`: the new `<domains>` was written after `<qubes/`+`>`).
+    #[test]
+    fn nesting_and_attribute_syntax_are_checked() {
+        let lex_all = |src: &[u8]| -> Result<usize, XmlError> {
+            let mut lx = Lexer::new(src, 0);
+            let mut n = 0;
+            while lx.next_tok()?.is_some() {
+                n += 1;
+            }
+            Ok(n)
+        };
+        assert_eq!(lex_all(b"<a><b></b><c/></a>"), Ok(5));
+        assert_eq!(
+            lex_all(b"<a><b></a></b>").unwrap_err().reason,
+            "mismatched end tag"
+        );
+        // An end tag of an element opened before the lexer's start is the caller's to check.
+        assert_eq!(lex_all(b"</x>"), Ok(1));
+        for ok in [
+            &b"<a/>"[..],
+            b"<a b='1'/>",
+            b"<a\n b = \"1\"\tc='2' >",
+            b"<a b=\"x/>\"/>",
+        ] {
+            assert!(lex_all(ok).is_ok(), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"<qubes//>"[..],
+            b"<a b>",
+            b"<a b=1>",
+            b"<a b='1'c='2'>",
+            b"<a =''>",
+            b"<a/ >",
+        ] {
+            assert_eq!(
+                lex_all(bad).unwrap_err().reason,
+                "malformed attributes in start tag",
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Too lenient a skip would also have hidden the mismatch.
+        let src = b"<a><b><c></b></c></a>";
+        let mut lx = Lexer::new(src, 0);
+        assert!(lx.next_tok().is_ok());
+        assert!(lx.next_tok().is_ok());
+        assert!(lx.skip_element().is_err());
     }
 
     #[test]

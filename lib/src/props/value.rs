@@ -2,6 +2,7 @@
 
 use super::defs::PropType;
 use crate::error::ApiError;
+pub use crate::python::repr as py_repr;
 
 /// A property value as the reference holds it after loading/assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,59 +61,9 @@ impl Val {
     }
 }
 
-/// Python `repr()` of a str (quote choice and escapes as CPython does for ASCII).
-pub fn py_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-    out
-}
-
-/// Python `int(text)` in base 10: surrounding whitespace, one sign, `_` between digits,
-/// leading zeros. Values outside i64 are refused (the reference has unbounded ints; no
-/// property has a meaningful value that large).
+/// Python `int(str)` (see [`crate::python::int`]).
 pub fn py_int(text: &str) -> Option<i64> {
-    let ws = |c: char| c.is_ascii_whitespace() || matches!(c, '\x0b' | '\x1c'..='\x1f');
-    let t = text.trim_matches(ws);
-    let (neg, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, t.get(1..)?),
-        Some(b'+') => (false, t.get(1..)?),
-        _ => (false, t),
-    };
-    if digits.is_empty()
-        || digits.starts_with('_')
-        || digits.ends_with('_')
-        || digits.contains("__")
-    {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for c in digits.chars().filter(|c| *c != '_') {
-        let d = c.to_digit(10)?;
-        v = v.checked_mul(10)?.checked_add(i64::from(d))?;
-    }
-    Some(if neg { -v } else { v })
+    crate::python::int(text, 10)
 }
 
 /// `qubes.property.bool` on text.
@@ -322,5 +273,283 @@ mod tests {
         assert_eq!(py_repr("a"), "'a'");
         assert_eq!(py_repr("it's"), "\"it's\"");
         assert_eq!(py_repr("a\nb"), "'a\\nb'");
+    }
+}
+
+/// Property tests (quickcheck): the Set sanitizers against independent models of the Python
+/// the reference runs (`int()`, `qubes.property.bool`, `uuid.UUID()`, `string.printable`), and a
+/// store round trip through `System::call` (Set, then Get, then reopen).
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use quickcheck::{Arbitrary, Gen, QuickCheck};
+
+    /// Short strings over the characters that matter to the parsers.
+    #[derive(Debug, Clone)]
+    struct Text(String);
+
+    impl Arbitrary for Text {
+        fn arbitrary(g: &mut Gen) -> Self {
+            const P: &[&str] = &[
+                "0",
+                "1",
+                "5",
+                "9",
+                "_",
+                "__",
+                "-",
+                "+",
+                " ",
+                "\t",
+                "\n",
+                "\x0b",
+                "\x1c",
+                "e",
+                "x",
+                "a",
+                "F",
+                "{",
+                "}",
+                "urn:",
+                "uuid:",
+                "yes",
+                "No",
+                "TRUE",
+                "off",
+                "On",
+                "0x",
+                "9b810e76",
+                "6ec9",
+                "4286",
+                "a3ca",
+                "828dd5f4b3b2",
+                "\u{663}",
+                "é",
+                ".",
+            ];
+            let n = usize::arbitrary(g) % 8;
+            Text((0..n).map(|_| *g.choose(P).unwrap()).collect())
+        }
+        fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
+            Box::new(self.0.shrink().map(Text))
+        }
+    }
+
+    fn qc() -> QuickCheck {
+        QuickCheck::new().tests(3000)
+    }
+
+    /// Python `int(s)` for ASCII text (None = ValueError), as arbitrary precision, then the
+    /// project's i64 bound (values outside it are refused, see [`py_int`]).
+    fn int_oracle(s: &str) -> Option<i64> {
+        if !s.is_ascii() {
+            return None;
+        }
+        let t = s.trim_matches(|c: char| " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f".contains(c));
+        let (sign, body) = match t.chars().next() {
+            Some('-') => (-1i128, &t[1..]),
+            Some('+') => (1, &t[1..]),
+            _ => (1, t),
+        };
+        // digits, single underscores only between digits
+        let mut prev_digit = false;
+        let mut digits = String::new();
+        for c in body.chars() {
+            match c {
+                '0'..='9' => {
+                    prev_digit = true;
+                    digits.push(c);
+                }
+                '_' if prev_digit => prev_digit = false,
+                _ => return None,
+            }
+        }
+        if digits.is_empty() || !prev_digit {
+            return None;
+        }
+        let v: i128 = digits.parse().ok()?;
+        i64::try_from(sign * v).ok()
+    }
+
+    #[test]
+    fn qc_int_matches_python() {
+        fn prop(t: Text) -> bool {
+            py_int(&t.0) == int_oracle(&t.0)
+        }
+        qc().quickcheck(prop as fn(Text) -> bool);
+        // the boundary, exactly
+        assert_eq!(py_int("9223372036854775807"), Some(i64::MAX));
+        assert_eq!(py_int("-9223372036854775807"), Some(-i64::MAX));
+        assert_eq!(py_int("9223372036854775808"), None);
+    }
+
+    #[test]
+    fn qc_bool_matches_the_reference() {
+        fn prop(t: Text) -> bool {
+            let l = t.0.to_lowercase();
+            let want = if ["0", "no", "false", "off"].contains(&l.as_str()) && t.0.is_ascii() {
+                Some(false)
+            } else if ["1", "yes", "true", "on"].contains(&l.as_str()) && t.0.is_ascii() {
+                Some(true)
+            } else {
+                None
+            };
+            match (want, py_bool(&t.0)) {
+                (Some(a), Ok(b)) => a == b,
+                (None, Err(e)) => {
+                    e.msg == format!("Invalid literal for boolean property: {}", py_repr(&t.0))
+                }
+                _ => false,
+            }
+        }
+        qc().quickcheck(prop as fn(Text) -> bool);
+    }
+
+    /// `uuid.UUID(s)`: drop `urn:` and `uuid:`, strip braces at the ends, drop hyphens, 32 hex.
+    fn uuid_oracle(s: &str) -> Option<String> {
+        let h = s.replace("urn:", "").replace("uuid:", "");
+        let h = h
+            .trim_start_matches('{')
+            .trim_end_matches('}')
+            .replace('-', "");
+        (h.len() == 32 && h.chars().all(|c| c.is_ascii_hexdigit())).then(|| {
+            let h = h.to_lowercase();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        })
+    }
+
+    #[test]
+    fn qc_uuid_matches_python() {
+        fn prop(t: Text) -> bool {
+            py_uuid(&t.0) == uuid_oracle(&t.0)
+        }
+        qc().quickcheck(prop as fn(Text) -> bool);
+        assert!(py_uuid("urn:uuid:{9b810e76-6ec9-4286-a3ca-828dd5f4b3b2}").is_some());
+    }
+
+    #[test]
+    fn qc_sanitize_is_total_and_typed() {
+        fn prop(b: Vec<u8>, t: Text) -> bool {
+            use crate::props::defs::VmReq;
+            let mut ok = true;
+            for payload in [b.as_slice(), t.0.as_bytes()] {
+                for ty in [
+                    PropType::Bool,
+                    PropType::Int,
+                    PropType::Str,
+                    PropType::Uuid,
+                    PropType::Ipv4,
+                    PropType::Ipv6,
+                    PropType::Vm(VmReq::Local, true),
+                ] {
+                    let r = sanitize(ty, payload);
+                    let ascii = std::str::from_utf8(payload).ok().filter(|s| s.is_ascii());
+                    ok &= match (&r, ascii) {
+                        (Ok(_), None) => false,
+                        (Ok(Sanitized::Int(i)), Some(s)) => int_oracle(s) == Some(*i),
+                        (Ok(Sanitized::Text(v)), Some(s)) if ty == PropType::Str => v == s,
+                        (Err(e), _) => e.ty == crate::error::ExcType::QubesValueError,
+                        _ => true,
+                    };
+                }
+            }
+            ok
+        }
+        qc().quickcheck(prop as fn(Vec<u8>, Text) -> bool);
+    }
+
+    /// Python `string.printable` text with some non-ASCII.
+    #[derive(Debug, Clone)]
+    struct Printable(Vec<u8>);
+
+    impl Arbitrary for Printable {
+        fn arbitrary(g: &mut Gen) -> Self {
+            const P: &[&[u8]] = &[
+                b"a",
+                b"Z",
+                b"0",
+                b" ",
+                b"\t",
+                b"\n",
+                b"\r",
+                b"\\",
+                b"&",
+                b"<",
+                b">",
+                b"\"",
+                b"'",
+                b"]]>",
+                b"=",
+                b"x y",
+                b"\xc3\xa9",
+                b"\x01",
+                b"\x0b",
+            ];
+            let n = usize::arbitrary(g) % 16;
+            Printable((0..n).flat_map(|_| g.choose(P).unwrap().to_vec()).collect())
+        }
+        fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
+            Box::new(self.0.shrink().map(Printable))
+        }
+    }
+
+    /// Store round trip: Set a str property through the API, read it back (cached and after a
+    /// fresh open), and the GetAll escaping holds; refused values leave qubes.xml untouched.
+    #[test]
+    fn qc_str_property_store_round_trip() {
+        use crate::wire::{RawRequest, Target};
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::sandbox::init(&dir.path().join("sb")).unwrap();
+        let hv = || {
+            Box::new(crate::hypervisor::Offline {
+                host: crate::hypervisor::HostInfo {
+                    memory_mib: 4096,
+                    cpus: 4,
+                },
+            })
+        };
+        let xml = config.xml_path.clone();
+        let sys = std::cell::RefCell::new(crate::System::with_hypervisor(config.clone(), hv()));
+        let req = |method: &str, payload: &[u8]| RawRequest {
+            method: method.as_bytes().to_vec(),
+            arg: b"kernelopts".to_vec(),
+            src: b"dom0".to_vec(),
+            target: Target::Name(b"work".to_vec()),
+            payload: payload.to_vec(),
+        };
+        let prop = |p: Printable| -> bool {
+            let before = std::fs::read(&xml).unwrap();
+            let set = sys.borrow_mut().call(&req("admin.vm.property.Set", &p.0));
+            let valid = p.0.is_ascii() && p.0.iter().all(|&b| printable(b)) && p.0.len() <= 512;
+            if !valid {
+                return set.starts_with(b"2\0QubesValueError\0")
+                    && std::fs::read(&xml).unwrap() == before;
+            }
+            if set != b"0\0" {
+                return false;
+            }
+            let want = [b"0\0default=False type=str ".as_slice(), &p.0].concat();
+            let got = sys.borrow_mut().call(&req("admin.vm.property.Get", b""));
+            let mut fresh = crate::System::with_hypervisor(config.clone(), hv());
+            let got2 = fresh.call(&req("admin.vm.property.Get", b""));
+            got == want && got2 == want
+        };
+        let mut g = Gen::new(30);
+        for _ in 0..150 {
+            let p = Printable::arbitrary(&mut g);
+            assert!(
+                prop(p.clone()),
+                "round trip failed for {:?}",
+                String::from_utf8_lossy(&p.0)
+            );
+        }
     }
 }

@@ -622,6 +622,15 @@ impl DomainData {
             match t.kind {
                 TokKind::Text => continue,
                 TokKind::End { .. } => {
+                    // The lexer checked that this is `</domain>`; it must also be where the
+                    // index put the element's end (the fast index only scans for `</domain`),
+                    // or saving this domain would splice over the wrong bytes.
+                    if t.span.end != span.end {
+                        return Err(XmlError {
+                            offset: t.span.start,
+                            reason: "<domain> does not end where the index found its end tag",
+                        });
+                    }
                     if had_children || !xml::is_blank(&lead) {
                         d.tail = Some(lead);
                     }
@@ -1125,11 +1134,15 @@ impl Document {
             };
             match t.kind {
                 TokKind::End { name } => {
-                    if used_fast && !name_is(src, name, "qubes") {
-                        // The fast path took a nested `</domains>` for ours.
+                    if !name_is(src, name, "qubes") {
                         return Err(XmlError {
                             offset: t.span.start,
-                            reason: RETRY_SLOW,
+                            // The fast path may have taken a nested `</domains>` for ours.
+                            reason: if used_fast {
+                                RETRY_SLOW
+                            } else {
+                                "mismatched end tag (expected </qubes>)"
+                            },
                         });
                     }
                     self.root_close_start = t.span.start;
@@ -1334,7 +1347,15 @@ impl Document {
                 });
             };
             match t.kind {
-                TokKind::End { .. } => return Ok((out, t.span.end)),
+                TokKind::End { name } if name_is(src, name, "domains") => {
+                    return Ok((out, t.span.end))
+                }
+                TokKind::End { .. } => {
+                    return Err(XmlError {
+                        offset: t.span.start,
+                        reason: "mismatched end tag (expected </domains>)",
+                    })
+                }
                 TokKind::Start { name, attrs, empty } => {
                     let end = if empty {
                         t.span.end

@@ -76,10 +76,19 @@ fn read_all(path: &Path, mut f: &File, size_hint: u64) -> Result<Vec<u8>, StoreE
 /// Reads and indexes qubes.xml without taking a lock: writers replace the file by rename, so a
 /// reader always sees one complete version.
 pub fn load(path: &Path) -> Result<(Document, FileStamp), StoreError> {
+    let (doc, stamp, _) = load_open(path)?;
+    Ok((doc, stamp))
+}
+
+/// [`load`], also returning the file it read. A cache keyed by the [`FileStamp`] must keep this
+/// file open: writers replace qubes.xml by rename, which frees the old inode, and filesystems
+/// (ext4) hand its number out again at once, so a later version can have the same
+/// (dev, ino, size) and, with coarse timestamps, the same mtime as a version no longer open.
+pub fn load_open(path: &Path) -> Result<(Document, FileStamp, File), StoreError> {
     let f = File::open(path).map_err(|e| io_err(path, e))?;
     let md = f.metadata().map_err(|e| io_err(path, e))?;
     let bytes = read_all(path, &f, md.size())?;
-    Ok((Document::parse(bytes)?, stamp_of(&md)))
+    Ok((Document::parse(bytes)?, stamp_of(&md), f))
 }
 
 /// Test hook: with the `failpoints` feature, aborts the process if `QUBES_ADMIN_FAILPOINT`
@@ -221,8 +230,18 @@ impl WriteTxn {
     /// fsync the directory. The lock stays held until the transaction is dropped, so the caller
     /// can append the events of this commit in commit order.
     pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.commit_then(|| ())
+    }
+
+    /// [`WriteTxn::commit`], running `after_rename` as soon as the new version is in place (or
+    /// at once when nothing was modified) and before the directory fsync: the caller appends
+    /// the commit's events there, so a process killed right after the rename almost never
+    /// leaves a saved change without its events. `after_rename` is not run when the write
+    /// fails before the rename (nothing changed). A directory-fsync error after the rename is
+    /// returned, although the change is visible.
+    pub fn commit_then<T>(&mut self, after_rename: impl FnOnce() -> T) -> Result<T, StoreError> {
         if !self.doc.is_modified() {
-            return Ok(());
+            return Ok(after_rename());
         }
         let bytes = self.doc.to_bytes();
         let path = self.path.clone();
@@ -269,16 +288,17 @@ impl WriteTxn {
             return Err(e);
         }
         failpoint("after-rename");
+        self.locked.push(tmp);
+        let out = after_rename();
         if let Ok(d) = File::open(dir) {
             d.sync_all().map_err(|e| StoreError::Io {
                 path: dir.to_path_buf(),
                 source: e,
             })?;
         }
-        self.locked.push(tmp);
         // The document now is the file on disk.
         self.doc = Document::parse(bytes)?;
-        Ok(())
+        Ok(out)
     }
 }
 

@@ -882,3 +882,29 @@ fn crash_child() {
         crate::eventlog::append(Path::new(&d), &[ev]).unwrap();
     }
 }
+
+/// Regression (fuzz target `xml_codec`, fuzz/regressions/xml_codec/nested-domains-stray-end-tag):
+/// a `<domain>` with a stray `</properties>` and a nested `<domains>` was indexed by the fast
+/// path up to the nested `</domain>`, parsed as ending at the stray end tag, and saving a change
+/// to it dropped the bytes in between (one domain fewer after reloading). Now that domain does
+/// not parse, and a document that is not well-formed at the top level is refused.
+#[test]
+fn not_well_formed_domains_are_refused() {
+    let src = b"<qubes>\n  <domains>\n    <domain id=\"domain-1\" class=\"AppVM\">\n      <properties>\n        <property name=\"name\">a</property>\n        <property name=\"qid\">1</property>\n        <property name=\"uuid\">11111111-1111-1111-1111-111111111111</property>\n      </properties>\n      </properties>\n      <domains>\n    <domain id=\"domain-0\" class=\"AdminVM\">\n      <properties/>\n    </domain>\n    <domain id=\"domain-2\" class=\"AppVM\">\n      <properties>\n        <property name=\"name\">b</property>\n        <property name=\"qid\">2</property>\n        <property name=\"uuid\">22222222-2222-2222-2222-222222222222</property>\n      </properties>\n    </domain>\n  </domains>\n</qubes>\n";
+    let doc = Document::parse(src.to_vec()).unwrap();
+    let a = doc.domain_by_name("a").unwrap();
+    assert!(doc.data(a).is_err());
+    // Every domain that parses survives a change and a reload.
+    for id in doc.domains() {
+        let mut doc = Document::parse(src.to_vec()).unwrap();
+        let n = doc.domains().len();
+        let Ok(d) = doc.data_mut(id) else { continue };
+        d.set_property("netvm", "", &rank);
+        let again = Document::parse(doc.to_bytes()).unwrap();
+        assert_eq!(again.domains().len(), n);
+        assert_eq!(again.data(id).unwrap().property("netvm"), Some(""));
+    }
+    assert!(Document::parse(b"<qubes><labels></pools></qubes>".to_vec()).is_err());
+    assert!(Document::parse(b"<qubes><domains></qubes></domains>".to_vec()).is_err());
+    assert!(Document::parse(b"<qubes//>".to_vec()).is_err());
+}

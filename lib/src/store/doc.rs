@@ -400,15 +400,17 @@ impl Section {
         self.touch();
     }
 
+    /// Removes the entry, and any duplicate of it (a hand-edited file may repeat a name):
+    /// afterwards `get(key)` is None.
     fn remove(&mut self, key: &str) -> bool {
-        match self.pos(key) {
-            Some(i) => {
-                self.items.remove(i);
-                self.touch();
-                true
-            }
-            None => false,
+        let before = self.items.len();
+        self.items
+            .retain(|i| !matches!(&i.body, Body::Entry(e) if e.key == key));
+        if self.items.len() == before {
+            return false;
         }
+        self.touch();
+        true
     }
 }
 

@@ -908,3 +908,24 @@ fn not_well_formed_domains_are_refused() {
     assert!(Document::parse(b"<qubes><domains></qubes></domains>".to_vec()).is_err());
     assert!(Document::parse(b"<qubes//>".to_vec()).is_err());
 }
+
+/// Regression (fuzz target `xml_codec`, fuzz/regressions/xml_codec/duplicate-global-property):
+/// with a name repeated in a section (a hand-edited file), a reset removed only the first entry
+/// and the second one became the value: `admin.property.Reset+clockvm` left `clockvm` set.
+#[test]
+fn reset_removes_duplicate_entries() {
+    let src = b"<qubes>\n  <properties>\n    <property name=\"clockvm\">sys-net</property>\n    <property name=\"default_netvm\">sys-firewall</property>\n    <property name=\"clockvm\">sys-net</property>\n  </properties>\n  <domains>\n    <domain id=\"domain-0\" class=\"AdminVM\">\n      <properties/>\n      <features>\n        <feature name=\"f\">1</feature>\n        <feature name=\"f\">2</feature>\n      </features>\n      <tags>\n        <tag name=\"t\"/>\n        <tag name=\"t\"/>\n      </tags>\n    </domain>\n  </domains>\n</qubes>\n";
+    let mut doc = Document::parse(src.to_vec()).unwrap();
+    assert!(doc.reset_global_property("clockvm"));
+    assert_eq!(doc.global_property("clockvm"), None);
+    let dom0 = doc.domain_by_name("dom0").unwrap();
+    let d = doc.data_mut(dom0).unwrap();
+    assert!(d.remove_feature("f"));
+    assert!(d.remove_tag("t"));
+    assert_eq!((d.feature("f"), d.has_tag("t")), (None, false));
+    let again = Document::parse(doc.to_bytes()).unwrap();
+    assert_eq!(again.global_property("clockvm"), None);
+    assert_eq!(again.global_property("default_netvm"), Some("sys-firewall"));
+    let d = again.data(again.domain_by_name("dom0").unwrap()).unwrap();
+    assert_eq!((d.feature("f"), d.has_tag("t")), (None, false));
+}

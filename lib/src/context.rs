@@ -7,6 +7,7 @@ use crate::dispatch::Method;
 use crate::error::ApiError;
 use crate::eventlog::Event;
 use crate::hypervisor::{Hypervisor, Runtime};
+use crate::request::Resolved;
 use crate::store::{Document, DomId};
 
 /// The document a handler works on: shared for read-only calls, exclusive inside a write
@@ -35,17 +36,19 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: &'a Config,
-        method: &'static Method,
-        src: DomId,
-        dest: DomId,
-        arg: String,
+        call: Resolved,
         payload: Vec<u8>,
         doc: DocRef<'a>,
         hv: &'a dyn Hypervisor,
     ) -> Self {
+        let Resolved {
+            method,
+            src,
+            dest,
+            arg,
+        } = call;
         Ctx {
             config,
             method,
@@ -113,11 +116,11 @@ impl<'a> Ctx<'a> {
 
     /// Whether the caller is the AdminVM.
     pub fn src_is_admin(&self) -> bool {
-        self.doc().class(self.src) == "AdminVM"
+        self.doc().is_admin(self.src)
     }
 
     /// Whether the destination is the AdminVM.
     pub fn dest_is_admin(&self) -> bool {
-        self.doc().class(self.dest) == "AdminVM"
+        self.doc().is_admin(self.dest)
     }
 }

@@ -131,12 +131,7 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::StoreError as S;
-        match &e {
-            S::Busy { .. } => ApiError::qubes(e.to_string()),
-            S::Missing(_) => ApiError::qubes(e.to_string()),
-            _ => ApiError::qubes(e.to_string()),
-        }
+        ApiError::qubes(e.to_string())
     }
 }
 

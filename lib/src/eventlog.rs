@@ -1,4 +1,4 @@
-//! The append-only event log in `QUBES_RUN_DIR` that `admin.Events` streams. OWNER: store helper.
+//! The append-only event log in `QUBES_RUN_DIR` that `admin.Events` streams.
 //! Format documented in `docs/event-log.md`.
 //!
 //! Files (in `<run_dir>/qubes-admin/`):

@@ -172,19 +172,5 @@ mod tests {
     #[test]
     fn reprs() {
         assert_eq!(label_repr(&labels()[2]), "Label(9, '0x00ffff', 'cyan')");
-        assert_eq!(python::repr(" 0x00ffff\n"), "' 0x00ffff\\n'");
-        assert_eq!(python::repr("a'b"), "\"a'b\"");
-        assert_eq!(python::repr("a'b\""), "'a\\'b\"'");
-        assert_eq!(python::repr("\x01\\"), "'\\x01\\\\'");
-    }
-
-    #[test]
-    fn python_int() {
-        assert_eq!(python::int(" +1_0 ", 10), Some(10));
-        assert_eq!(python::int("-0", 10), Some(0));
-        assert_eq!(python::int("1__0", 10), None);
-        assert_eq!(python::int("_1", 10), None);
-        assert_eq!(python::int("", 10), None);
-        assert_eq!(python::int("99999999999999999999", 10), None);
     }
 }

@@ -104,17 +104,15 @@ impl System {
         let mut txn = WriteTxn::begin(&self.config.xml_path, self.config.lock_timeout)?;
         let r = request::resolve_request(txn.doc(), raw)?;
         let (body, events) = {
+            let handler = r.method.handler;
             let mut ctx = Ctx::new(
                 &self.config,
-                r.method,
-                r.src,
-                r.dest,
-                r.arg,
+                r,
                 raw.payload.clone(),
                 DocRef::Write(txn.doc_mut()),
                 self.hv.as_ref(),
             );
-            let body = (r.method.handler)(&mut ctx)?;
+            let body = handler(&mut ctx)?;
             (body, ctx.take_events())
         };
         // Events are appended right after the rename, still under the qubes.xml lock: the log's
@@ -139,19 +137,7 @@ impl System {
     /// The current qubes.xml, parsed once and reused while the file is unchanged (same inode,
     /// size and mtime): typed access to labels, pools, domains and what they store.
     pub fn document(&mut self) -> Result<&Document, ApiError> {
-        let stamp = store::stamp(&self.config.xml_path).ok();
-        let fresh = matches!((&self.cache, stamp), (Some((s, _, _)), Some(now)) if *s == now);
-        if !fresh {
-            // Close the old version first: this process's own descriptor is no reason to keep
-            // the old inode.
-            self.cache = None;
-            let (doc, stamp, file) = store::load_open(&self.config.xml_path)?;
-            self.cache = Some((stamp, doc, file));
-        }
-        match &self.cache {
-            Some((_, doc, _)) => Ok(doc),
-            None => Err(ApiError::qubes("internal error: qubes.xml not loaded")),
-        }
+        cached_document(&mut self.cache, &self.config.xml_path)
     }
 
     /// A property of qube `vm` (by name), or of the global object when `vm` is `None`, as a
@@ -161,10 +147,7 @@ impl System {
         vm: Option<&str>,
         name: &str,
     ) -> Result<props::PropertyValue, ApiError> {
-        self.document()?;
-        let Some((_, doc, _)) = &self.cache else {
-            return Err(ApiError::qubes("internal error: qubes.xml not loaded"));
-        };
+        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
         let dom0 = doc
             .domain_by_name("dom0")
             .ok_or_else(|| ApiError::vm_not_found("dom0"))?;
@@ -181,12 +164,15 @@ impl System {
             "admin.property.Get"
         })
         .ok_or_else(|| ApiError::qubes("internal error: property.Get missing from the table"))?;
+        let call = request::Resolved {
+            method,
+            src: dom0,
+            dest,
+            arg: name.to_string(),
+        };
         let ctx = Ctx::new(
             &self.config,
-            method,
-            dom0,
-            dest,
-            name.to_string(),
+            call,
             Vec::new(),
             DocRef::Read(doc),
             self.hv.as_ref(),
@@ -195,21 +181,37 @@ impl System {
     }
 
     fn execute_read(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
-        self.document()?;
-        let Some((_, doc, _)) = &self.cache else {
-            return Err(ApiError::qubes("internal error: qubes.xml not loaded"));
-        };
+        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
         let r = request::resolve_request(doc, raw)?;
+        let handler = r.method.handler;
         let mut ctx = Ctx::new(
             &self.config,
-            r.method,
-            r.src,
-            r.dest,
-            r.arg,
+            r,
             raw.payload.clone(),
             DocRef::Read(doc),
             self.hv.as_ref(),
         );
-        (r.method.handler)(&mut ctx)
+        handler(&mut ctx)
+    }
+}
+
+/// The cached parse of `path`, reloaded unless the file still has the cached version's stamp.
+/// A free function over the cache field, so that callers can keep borrowing `config` and `hv`.
+fn cached_document<'c>(
+    cache: &'c mut Option<(FileStamp, Document, std::fs::File)>,
+    path: &std::path::Path,
+) -> Result<&'c Document, ApiError> {
+    let stamp = store::stamp(path).ok();
+    let fresh = matches!((&*cache, stamp), (Some((s, _, _)), Some(now)) if *s == now);
+    if !fresh {
+        // Close the old version first: this process's own descriptor is no reason to keep the
+        // old inode.
+        *cache = None;
+        let (doc, stamp, file) = store::load_open(path)?;
+        return Ok(&cache.insert((stamp, doc, file)).1);
+    }
+    match cache {
+        Some((_, doc, _)) => Ok(doc),
+        None => Err(ApiError::qubes("internal error: qubes.xml not loaded")),
     }
 }

@@ -156,7 +156,7 @@ fn check_generic(
         }
         _ => {}
     }
-    let is_admin = doc.class(dest) == "AdminVM";
+    let is_admin = doc.is_admin(dest);
     match method.dest {
         DestRule::AdminVm if !is_admin => {
             Err(ApiError::protocol("expected destination to be AdminVM"))

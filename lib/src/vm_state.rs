@@ -3,10 +3,8 @@
 use crate::context::Ctx;
 use crate::error::ApiError;
 use crate::hypervisor::{DomState, DomainRuntime};
-use crate::store::{Document, DomId};
-
-/// Bound on template chains (a corrupt store with a loop must not hang a call).
-const MAX_CHAIN: usize = 32;
+use crate::store::DomId;
+use crate::vm_feature::{check_feature, Chain};
 
 /// A qube's power state, spelled as on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,34 +68,11 @@ pub fn power_state(
     }
 }
 
-/// `features.check_with_template(name)`: the value on the first VM along the template chain
-/// that has the feature. `Ok(None)` if none has it.
-pub fn feature_with_template<'d>(
-    doc: &'d Document,
-    id: DomId,
-    name: &str,
-) -> Result<Option<&'d str>, ApiError> {
-    let mut cur = id;
-    for _ in 0..MAX_CHAIN {
-        let data = doc.data(cur)?;
-        if let Some(v) = data.feature(name) {
-            return Ok(Some(v));
-        }
-        match data
-            .property("template")
-            .and_then(|t| doc.domain_by_name(t))
-        {
-            Some(t) if t != cur => cur = t,
-            _ => return Ok(None),
-        }
-    }
-    Ok(None)
-}
-
 /// Whether a running QubesVM is still `Transient`: it expects qrexec (feature `qrexec` true
 /// along its template chain) but `<run_dir>/qrexec.<name>` does not exist yet.
 pub fn qrexec_missing(ctx: &Ctx<'_>, id: DomId, dom: &DomainRuntime) -> Result<bool, ApiError> {
-    let expects = feature_with_template(ctx.doc(), id, "qrexec")?.is_some_and(|v| !v.is_empty());
+    let expects = check_feature(ctx.doc(), id, "qrexec", Chain::Template, false)?
+        .is_some_and(|v| !v.is_empty());
     if !expects {
         return Ok(false);
     }

@@ -81,9 +81,10 @@ impl EventdClient {
     fn ask(&self, req: &Request) -> Result<String, HvError> {
         match self.ask_socket(req) {
             Ok(reply) => Ok(reply),
+            // Either way the socket's failure is part of the story: keep it in the message.
             Err(sock_err) => self.ask_once(req).map_err(|e| match e {
                 HvError::Unavailable(m) => HvError::Unavailable(format!("{m} (and {sock_err})")),
-                other => other,
+                HvError::Protocol(m) => HvError::Protocol(format!("{m} (and {sock_err})")),
             }),
         }
     }

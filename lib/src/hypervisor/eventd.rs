@@ -16,7 +16,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -106,13 +105,6 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn invalidate(&self, why: String) -> Option<Arc<Conn>> {
-        let mut st = self.lock();
-        st.cache = None;
-        st.down = why;
-        st.conn.take()
-    }
-
     fn answer(&self, req: &Request) -> String {
         match req {
             Request::List => {
@@ -156,6 +148,7 @@ struct Event {
     uuid: String,
 }
 
+/// Invalidates the cache and forgets the connection; `why` is what clients are told.
 fn set_down(shared: &Shared, why: String) {
     let mut st = shared.lock();
     st.cache = None;
@@ -176,13 +169,14 @@ fn retire(conn: Arc<Conn>) {
     }
 }
 
-/// Connects, refreshes and follows events until the connection is lost; forever.
-fn manage(uri: String, shared: Arc<Shared>, ready: mpsc::Sender<()>, stop: Arc<AtomicBool>) {
+/// Connects, refreshes and follows events until the connection is lost; forever (the signal
+/// thread ends the process).
+fn manage(uri: String, shared: Arc<Shared>, ready: mpsc::Sender<()>) {
     let (tx, rx) = mpsc::channel::<Event>();
     let mut generation: u64 = 0;
     let mut backoff = BACKOFF_MIN;
     let mut ready = Some(ready);
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         generation += 1;
         match connect_and_refresh(&uri, &shared, &tx, generation) {
             Ok((conn, cb)) => {
@@ -191,11 +185,10 @@ fn manage(uri: String, shared: Arc<Shared>, ready: mpsc::Sender<()>, stop: Arc<A
                     let _ = r.send(());
                 }
                 backoff = BACKOFF_MIN;
-                let why = follow(&conn, &shared, &rx, generation, &stop);
+                let why = follow(&conn, &shared, &rx, generation);
                 eprintln!("qubes-admin-eventd: {why}");
-                if let Some(old) = shared.invalidate(why) {
-                    drop(old);
-                }
+                // Drops the state's reference too, so that `retire` can close the connection.
+                set_down(&shared, why);
                 if let Ok(c) = conn.connect() {
                     // Fails when the connection is already dead; nothing to undo then.
                     let _ = deregister_lifecycle(c, cb);
@@ -266,17 +259,8 @@ fn connect_and_refresh(
 }
 
 /// Applies events until the connection dies; returns why it stopped.
-fn follow(
-    conn: &Conn,
-    shared: &Shared,
-    rx: &mpsc::Receiver<Event>,
-    generation: u64,
-    stop: &AtomicBool,
-) -> String {
+fn follow(conn: &Conn, shared: &Shared, rx: &mpsc::Receiver<Event>, generation: u64) -> String {
     loop {
-        if stop.load(Ordering::Relaxed) {
-            return "stopping".to_string();
-        }
         match rx.recv_timeout(POLL) {
             Ok(ev) if ev.generation == generation => match conn.domain(&ev.uuid) {
                 Ok(d) => {
@@ -398,17 +382,12 @@ pub fn serve(config: &crate::Config) -> Result<(), EventdError> {
         .map_err(EventdError::Thread)?;
 
     let shared = Arc::new(Shared::default());
-    let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     {
-        let (uri, shared, stop) = (
-            config.libvirt_uri.clone(),
-            Arc::clone(&shared),
-            Arc::clone(&stop),
-        );
+        let (uri, shared) = (config.libvirt_uri.clone(), Arc::clone(&shared));
         std::thread::Builder::new()
             .name("libvirt-manager".into())
-            .spawn(move || manage(uri, shared, ready_tx, stop))
+            .spawn(move || manage(uri, shared, ready_tx))
             .map_err(EventdError::Thread)?;
     }
     // Open the socket once the first refresh is done (or failed): clients then never see a
@@ -435,7 +414,6 @@ pub fn serve(config: &crate::Config) -> Result<(), EventdError> {
             .name("signals".into())
             .spawn(move || {
                 if let Ok(sig) = signals.wait() {
-                    stop.store(true, Ordering::Relaxed);
                     let _ = std::fs::remove_file(&sock);
                     eprintln!("qubes-admin-eventd: {sig:?}, exiting");
                     // The lock is released and the libvirt connection dropped by the exit.

@@ -203,10 +203,13 @@ fn records(reply: &str) -> Result<Vec<&str>, ProtoError> {
         let first = reply.lines().next().unwrap_or_default();
         return Err(ProtoError::Malformed(format!("unexpected reply {first:?}")));
     };
-    let Some(body) = body.strip_suffix("end\n") else {
-        return Err(ProtoError::Malformed(
-            "incomplete reply (no end line)".to_string(),
-        ));
+    // The end line must be a whole line: a reply cut right after a record whose name ends in
+    // "end" must not pass for complete.
+    let body = if body == "end\n" {
+        ""
+    } else {
+        body.strip_suffix("\nend\n")
+            .ok_or_else(|| ProtoError::Malformed("incomplete reply (no end line)".to_string()))?
     };
     Ok(body.lines().collect())
 }
@@ -314,6 +317,20 @@ mod tests {
             Err(ProtoError::Malformed(_))
         ));
         assert!(matches!(decode_list(""), Err(ProtoError::Malformed(_))));
+        // Cut right after a record whose name ends in "end": still incomplete.
+        let legend = encode_list(&Runtime {
+            host: HostInfo {
+                memory_mib: 1,
+                cpus: 1,
+            },
+            domains: vec![dom("legend"), dom("b")],
+        });
+        let cut = legend.get(..legend.find("legend\n").unwrap() + 7).unwrap();
+        assert!(cut.ends_with("end\n"));
+        assert!(matches!(decode_list(cut), Err(ProtoError::Malformed(_))));
+        let info = encode_info(Some(&dom("friend")));
+        let cut = info.strip_suffix("end\n").unwrap();
+        assert!(matches!(decode_info(cut), Err(ProtoError::Malformed(_))));
     }
 
     #[test]

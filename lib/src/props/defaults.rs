@@ -6,7 +6,10 @@ use super::defs::{Kind, PropDef, PropType};
 use super::value::{parse_stored, Val};
 use super::{table_of, Holder, ReadErr};
 use crate::context::Ctx;
+use crate::error::ApiError;
+use crate::hypervisor::is_xen_uri;
 use crate::store::DomId;
+use crate::vm_feature::{check_feature, Chain};
 
 type R = Result<Val, ReadErr>;
 
@@ -15,7 +18,7 @@ type R = Result<Val, ReadErr>;
 const MAX_DEPTH: u32 = 32;
 
 /// The stored text of a property, if any (stateless ones are never read from the store).
-pub fn stored<'c>(ctx: &'c Ctx<'_>, h: Holder, def: &PropDef) -> Result<Option<&'c str>, ReadErr> {
+pub fn stored<'c>(ctx: &'c Ctx<'_>, h: Holder, def: &PropDef) -> Result<Option<&'c str>, ApiError> {
     if def.kind == Kind::Stateless {
         return Ok(None);
     }
@@ -26,7 +29,7 @@ pub fn stored<'c>(ctx: &'c Ctx<'_>, h: Holder, def: &PropDef) -> Result<Option<&
 }
 
 /// Whether the property is at its default (no stored value).
-pub fn is_default(ctx: &Ctx<'_>, h: Holder, def: &PropDef) -> Result<bool, ReadErr> {
+pub fn is_default(ctx: &Ctx<'_>, h: Holder, def: &PropDef) -> Result<bool, ApiError> {
     Ok(stored(ctx, h, def)?.is_none())
 }
 
@@ -56,16 +59,12 @@ fn get_d(ctx: &Ctx<'_>, h: Holder, def: &PropDef, d: u32) -> R {
     }
 }
 
-/// Stored text as loaded: labels stored as `label-N` show by name.
+/// Stored text as loaded (`_setter_label`): a label stored as `label-N`, by index or by name
+/// shows by name; `admin.label.Remove`'s in-use check resolves it the same way.
 fn stored_val(ctx: &Ctx<'_>, def: &PropDef, text: &str) -> Val {
     if def.ty == PropType::Label {
-        if let Some(n) = text
-            .strip_prefix("label-")
-            .and_then(|n| n.parse::<u32>().ok())
-        {
-            if let Some(l) = ctx.doc().labels().iter().find(|l| l.index == n) {
-                return Val::Text(l.name.clone());
-            }
+        if let Some(l) = crate::label::resolve_vm_label(ctx.doc().labels(), text) {
+            return Val::Text(l.name.clone());
         }
     }
     parse_stored(def.ty, text)
@@ -93,7 +92,8 @@ pub fn vm_ref(ctx: &Ctx<'_>, v: &Val) -> Option<DomId> {
     v.vm().and_then(|n| ctx.doc().domain_by_name(n))
 }
 
-fn has_prop(ctx: &Ctx<'_>, id: DomId, name: &str) -> bool {
+/// Whether the VM's class has property `name`.
+pub fn has_prop(ctx: &Ctx<'_>, id: DomId, name: &str) -> bool {
     table_of(ctx, Holder::Vm(id)).is_ok_and(|t| super::defs::find(t, name).is_some())
 }
 
@@ -122,30 +122,18 @@ pub fn feature<'c>(ctx: &'c Ctx<'_>, id: DomId, name: &str) -> Option<&'c str> {
     ctx.doc().data(id).ok().and_then(|dd| dd.feature(name))
 }
 
-/// `features.check_with_template`: the first VM along the template chain that has the feature.
+/// `features.check_with_template` (an unreadable domain counts as not having the feature).
 pub fn feature_with_template(ctx: &Ctx<'_>, id: DomId, name: &str) -> Option<String> {
-    let mut cur = Some(id);
-    for d in 0..MAX_DEPTH {
-        let vm = cur?;
-        if let Some(v) = feature(ctx, vm, name) {
-            return Some(v.to_string());
-        }
-        cur = template_of(ctx, vm, d);
-    }
-    None
+    check_feature(ctx.doc(), id, name, Chain::Template, false)
+        .ok()
+        .flatten()
 }
 
-/// `features.check_with_netvm`: the first VM along the netvm chain that has the feature.
+/// `features.check_with_netvm` (an unreadable domain counts as not having the feature).
 pub fn feature_with_netvm(ctx: &Ctx<'_>, id: DomId, name: &str) -> Option<String> {
-    let mut cur = Some(id);
-    for d in 0..MAX_DEPTH {
-        let vm = cur?;
-        if let Some(v) = feature(ctx, vm, name) {
-            return Some(v.to_string());
-        }
-        cur = netvm_of(ctx, vm, d);
-    }
-    None
+    check_feature(ctx.doc(), id, name, Chain::Netvm, false)
+        .ok()
+        .flatten()
 }
 
 fn bool_prop(ctx: &Ctx<'_>, id: DomId, name: &str, d: u32) -> Result<bool, ReadErr> {
@@ -153,7 +141,7 @@ fn bool_prop(ctx: &Ctx<'_>, id: DomId, name: &str, d: u32) -> Result<bool, ReadE
 }
 
 /// Whether the VM is running, per the hypervisor (dom0 and RemoteVMs always are).
-pub fn is_running(ctx: &Ctx<'_>, id: DomId) -> Result<bool, ReadErr> {
+pub fn is_running(ctx: &Ctx<'_>, id: DomId) -> Result<bool, ApiError> {
     match ctx.doc().class(id) {
         "AdminVM" | "RemoteVM" => return Ok(true),
         _ => {}
@@ -217,7 +205,7 @@ fn is_hvm(ctx: &Ctx<'_>, id: DomId, d: u32) -> bool {
 
 /// `_default_maxmem`: 0 unless memory balancing is possible (Xen only).
 fn default_maxmem(ctx: &Ctx<'_>, id: DomId, d: u32) -> R {
-    if !ctx.config.libvirt_uri.starts_with("xen") {
+    if !is_xen_uri(&ctx.config.libvirt_uri) {
         return Ok(Val::Int(0));
     }
     if is_hvm(ctx, id, d) {
@@ -263,7 +251,7 @@ fn admin_maxmem(ctx: &Ctx<'_>, id: DomId) -> R {
         .unwrap_or("00000000-0000-0000-0000-000000000000");
     let rt = ctx.runtime()?;
     let kib = rt.by_uuid(uuid).map(|r| {
-        if ctx.config.libvirt_uri.starts_with("xen") {
+        if is_xen_uri(&ctx.config.libvirt_uri) {
             r.max_mem_kib
         } else {
             r.mem_kib
@@ -369,10 +357,6 @@ fn icon(ctx: &Ctx<'_>, id: DomId, d: u32) -> R {
     Ok(Val::Text(format!("{prefix}-{label}")))
 }
 
-fn global_vm(ctx: &Ctx<'_>, name: &str) -> R {
-    global_prop(ctx, name)
-}
-
 fn vm_default(ctx: &Ctx<'_>, id: DomId, def: &PropDef, d: u32) -> R {
     let class = ctx.doc().class(id);
     let admin = class == "AdminVM";
@@ -413,7 +397,7 @@ fn vm_default(ctx: &Ctx<'_>, id: DomId, def: &PropDef, d: u32) -> R {
         "shutdown_timeout" => from_template(ctx, id, name, d, || {
             global_prop(ctx, "default_shutdown_timeout")
         }),
-        "management_dispvm" => from_template(ctx, id, name, d, || global_vm(ctx, name)),
+        "management_dispvm" => from_template(ctx, id, name, d, || global_prop(ctx, name)),
         "virt_mode" => from_template(ctx, id, name, d, || text("pvh")),
         "maxmem" => default_maxmem(ctx, id, d),
         "kernelopts" => default_kernelopts(ctx, id, d),
@@ -433,12 +417,12 @@ fn vm_default(ctx: &Ctx<'_>, id: DomId, def: &PropDef, d: u32) -> R {
                 None => text("us++"),
             }
         }
-        "guivm" => global_vm(ctx, "default_guivm"),
-        "audiovm" => global_vm(ctx, "default_audiovm"),
+        "guivm" => global_prop(ctx, "default_guivm"),
+        "audiovm" => global_prop(ctx, "default_audiovm"),
         "default_dispvm" if class == "DispVM" => vm_prop(ctx, id, "template", d),
-        "default_dispvm" => global_vm(ctx, "default_dispvm"),
+        "default_dispvm" => global_prop(ctx, "default_dispvm"),
         "netvm" if class == "TemplateVM" => Ok(Val::None),
-        "netvm" => global_vm(ctx, "default_netvm"),
+        "netvm" => global_prop(ctx, "default_netvm"),
         "ip" => {
             if !is_networked(ctx, id, d)? {
                 return Ok(Val::None);

@@ -64,13 +64,6 @@ pub struct PropDef {
     pub help: &'static str,
 }
 
-impl PropDef {
-    /// Whether the property is copied to a new DispVM from its template.
-    pub fn is_cloned(&self) -> bool {
-        !matches!(self.name, "name" | "qid" | "uuid" | "dispid")
-    }
-}
-
 /// Marker: the help text is the RST text itself (no markup to strip).
 const SAME: &str = "\u{0}";
 

@@ -103,10 +103,7 @@ pub fn read(ctx: &Ctx<'_>, h: Holder, name: &str) -> Result<PropertyValue, ApiEr
     match defaults::get(ctx, h, def) {
         Ok(v) => Ok(PropertyValue {
             wire_type,
-            is_default: defaults::is_default(ctx, h, def).map_err(|e| match e {
-                ReadErr::Api(e) => e,
-                ReadErr::Unset => ApiError::qubes(format!("property '{name}' is unreadable")),
-            })?,
+            is_default: defaults::is_default(ctx, h, def)?,
             value: Some(v.reply_str()),
         }),
         Err(ReadErr::Unset) => Ok(PropertyValue {
@@ -168,5 +165,43 @@ mod api_tests {
         );
         let doc = sys.document().unwrap();
         assert_eq!(doc.domains().len(), 15);
+    }
+
+    /// A label stored by index (`3`, `label-0_3`) reads by name, as the reference's
+    /// `_setter_label` loads it (regression: it used to read back as the raw text).
+    #[test]
+    fn label_stored_by_index_reads_by_name() {
+        let fixture = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/gen10/qubes.xml"
+        ))
+        .unwrap();
+        for stored in ["3", "label-0_3", "label-3", "yellow"] {
+            let dir = tempfile::tempdir().unwrap();
+            let xml = dir.path().join("qubes.xml");
+            let text = fixture.replacen(
+                "<property name=\"label\">red</property>\n        <property name=\"name\">default-dvm</property>",
+                &format!("<property name=\"label\">{stored}</property>\n        <property name=\"name\">default-dvm</property>"),
+                1,
+            );
+            assert_ne!(text, fixture);
+            std::fs::write(&xml, text).unwrap();
+            let config = Config {
+                xml_path: xml,
+                run_dir: dir.path().join("run"),
+                ..Config::default()
+            };
+            let mut sys = System::with_hypervisor(
+                config,
+                Box::new(Offline {
+                    host: HostInfo {
+                        memory_mib: 3072,
+                        cpus: 16,
+                    },
+                }),
+            );
+            let label = sys.property(Some("default-dvm"), "label").unwrap();
+            assert_eq!(label.value.as_deref(), Some("yellow"), "stored {stored:?}");
+        }
     }
 }

@@ -11,8 +11,11 @@ pub fn get_line(ctx: &Ctx<'_>, h: Holder, def: &PropDef) -> Result<String, ApiEr
     let ty = def.ty.wire_name();
     match get(ctx, h, def) {
         Ok(v) => {
-            let dflt = is_default(ctx, h, def).map_err(read_api)?;
-            let dflt = if dflt { "True" } else { "False" };
+            let dflt = if is_default(ctx, h, def)? {
+                "True"
+            } else {
+                "False"
+            };
             Ok(format!("default={dflt} type={ty} {}", v.reply_str()))
         }
         Err(ReadErr::Unset) => Ok(format!("default=True type={ty} ")),
@@ -56,11 +59,4 @@ pub fn list(ctx: &Ctx<'_>, h: Holder, only: Option<&str>) -> Result<String, ApiE
         .iter()
         .map(|d| format!("{}\n", d.name))
         .collect())
-}
-
-fn read_api(e: ReadErr) -> ApiError {
-    match e {
-        ReadErr::Api(e) => e,
-        ReadErr::Unset => ApiError::qubes("internal error: property store unreadable"),
-    }
 }

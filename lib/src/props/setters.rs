@@ -4,25 +4,19 @@
 //! before the post event that caused them, §9.1).
 
 use super::defaults::{
-    self, feature, get, is_default, is_running, netvm_of, template_of, vm_prop, vm_ref,
+    self, feature, get, has_prop, is_default, is_running, netvm_of, template_of, vm_prop, vm_ref,
 };
 use super::defs::{self, Kind, PropDef, PropType, VmReq};
-use super::value::{py_int, py_repr, sanitize, Sanitized, Val};
+use super::value::{py_repr, sanitize, Sanitized, Val};
 use super::{class_of, holder_name, table_of, Holder, ReadErr};
 use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
 use crate::store::DomId;
 
-fn api(e: ReadErr) -> ApiError {
-    match e {
-        ReadErr::Api(e) => e,
-        ReadErr::Unset => ApiError::qubes("internal error: value unreadable"),
-    }
-}
-
-/// The current value if readable (the reference's `oldvalue` is present only then).
-fn old_value(ctx: &Ctx<'_>, h: Holder, def: &PropDef) -> Result<Option<Val>, ApiError> {
-    match get(ctx, h, def) {
+/// A read where "no value" is an answer, not an error (the reference's `oldvalue` is present
+/// only when the old value is readable).
+fn readable(r: Result<Val, ReadErr>) -> Result<Option<Val>, ApiError> {
+    match r {
         Ok(v) => Ok(Some(v)),
         Err(ReadErr::Unset) => Ok(None),
         Err(ReadErr::Api(e)) => Err(e),
@@ -170,8 +164,10 @@ fn connected_to(ctx: &Ctx<'_>, id: DomId) -> Vec<DomId> {
     seen
 }
 
-fn has_prop(ctx: &Ctx<'_>, id: DomId, name: &str) -> bool {
-    table_of(ctx, Holder::Vm(id)).is_ok_and(|t| defs::find(t, name).is_some())
+/// Whether the VM's property `name` reads as true (false when its class lacks it or it is
+/// unreadable).
+fn prop_truthy(ctx: &Ctx<'_>, id: DomId, name: &str) -> bool {
+    vm_prop(ctx, id, name, 0).is_ok_and(|v| v.truthy())
 }
 
 fn prop_is_default(ctx: &Ctx<'_>, id: DomId, name: &str) -> bool {
@@ -224,34 +220,21 @@ fn validate_kernel(ctx: &Ctx<'_>, kernel: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `_setter_label`: `label-N` by index, else `get_label` (name, then index).
 fn label_value(ctx: &Ctx<'_>, text: &str) -> Result<Val, ApiError> {
     let labels = ctx.doc().labels();
-    let not_found = || {
-        ApiError::new(
-            ExcType::QubesLabelNotFoundError,
-            format!("Label does not exist: {text}"),
-        )
-    };
-    let by_index = |i: i64| {
-        labels
-            .iter()
-            .find(|l| i64::from(l.index) == i)
-            .map(|l| Val::Text(l.name.clone()))
-    };
-    if let Some(n) = text.strip_prefix("label-") {
+    let label = match text.strip_prefix("label-") {
         // The reference names the index alone (`Label does not exist: 99`); it crashes (no
         // reply) when the index is not a number, where we say not found.
-        return py_int(n).and_then(by_index).ok_or_else(|| {
+        Some(n) => crate::label::resolve_vm_label(labels, text).ok_or_else(|| {
             ApiError::new(
                 ExcType::QubesLabelNotFoundError,
                 format!("Label does not exist: {n}"),
             )
-        });
-    }
-    if let Some(l) = labels.iter().find(|l| l.name == text) {
-        return Ok(Val::Text(l.name.clone()));
-    }
-    py_int(text).and_then(by_index).ok_or_else(not_found)
+        })?,
+        None => crate::label::lookup(labels, text)?,
+    };
+    Ok(Val::Text(label.name.clone()))
 }
 
 fn disposable_template_check(
@@ -263,8 +246,7 @@ fn disposable_template_check(
     let Some(target) = vm_ref(ctx, v) else {
         return Ok(());
     };
-    let ok = has_prop(ctx, target, "template_for_dispvms")
-        && vm_prop(ctx, target, "template_for_dispvms", 0).is_ok_and(|v| v.truthy());
+    let ok = prop_truthy(ctx, target, "template_for_dispvms");
     if ok {
         return Ok(());
     }
@@ -282,9 +264,7 @@ fn netvm_check(ctx: &Ctx<'_>, id: DomId, v: &Val) -> Result<(), ApiError> {
     let Some(target) = vm_ref(ctx, v) else {
         return Ok(());
     };
-    let provides = has_prop(ctx, target, "provides_network")
-        && vm_prop(ctx, target, "provides_network", 0).is_ok_and(|v| v.truthy());
-    if !provides {
+    if !prop_truthy(ctx, target, "provides_network") {
         return Err(ApiError::value(format!(
             "The {} qube does not provide network",
             ctx.doc().name(target)
@@ -299,7 +279,7 @@ fn netvm_check(ctx: &Ctx<'_>, id: DomId, v: &Val) -> Result<(), ApiError> {
 /// Pre-set checks of a VM's netvm (`on_property_pre_set_netvm`, runtime part only).
 fn netvm_pre_set(ctx: &Ctx<'_>, id: DomId, new: &Val) -> Result<(), ApiError> {
     if let Some(t) = vm_ref(ctx, new) {
-        if is_running(ctx, id).map_err(api)? && !is_running(ctx, t).map_err(api)? {
+        if is_running(ctx, id)? && !is_running(ctx, t)? {
             return Err(ApiError::new(
                 ExcType::QubesVMNotStartedError,
                 format!(
@@ -313,7 +293,7 @@ fn netvm_pre_set(ctx: &Ctx<'_>, id: DomId, new: &Val) -> Result<(), ApiError> {
 }
 
 fn not_halted_template(ctx: &Ctx<'_>, id: DomId) -> Result<(), ApiError> {
-    if is_running(ctx, id).map_err(api)? {
+    if is_running(ctx, id)? {
         return Err(ApiError::new(
             ExcType::QubesVMNotHaltedError,
             "Cannot change template while qube is running",
@@ -409,10 +389,7 @@ fn convert(ctx: &Ctx<'_>, h: Holder, def: &PropDef, s: Sanitized) -> Result<Val,
             }
             ("template", Some(id)) if ctx.doc().class(id) == "DispVM" => {
                 let t = vm_ref(ctx, &v);
-                let ok = t.is_some_and(|t| {
-                    has_prop(ctx, t, "template_for_dispvms")
-                        && vm_prop(ctx, t, "template_for_dispvms", 0).is_ok_and(|x| x.truthy())
-                });
+                let ok = t.is_some_and(|t| prop_truthy(ctx, t, "template_for_dispvms"));
                 if !ok {
                     return Err(pv_err(
                         "template for disposable must have template_for_dispvms=True",
@@ -660,10 +637,10 @@ pub fn set(
     if matches!(def.kind, Kind::Stateless | Kind::Forbidden) {
         return Err(cannot_set(ctx, h, def));
     }
-    if def.kind == Kind::WriteOnce && !is_default(ctx, h, def).map_err(api)? {
+    if def.kind == Kind::WriteOnce && !is_default(ctx, h, def)? {
         return Err(write_once_err(def));
     }
-    let old = old_value(ctx, h, def)?;
+    let old = readable(get(ctx, h, def))?;
     let new = convert(ctx, h, def, s)?;
     let subj = subject(ctx, h);
     let name = def.name;
@@ -687,7 +664,7 @@ pub fn set(
         (Holder::Vm(id), "template_for_dispvms") => {
             dvm_template_off_check(ctx, id, new.truthy(), old_or_none.truthy())?
         }
-        (Holder::Vm(id), "maxmem") if changed && is_running(ctx, id).map_err(api)? => {
+        (Holder::Vm(id), "maxmem") if changed && is_running(ctx, id)? => {
             return Err(ApiError::new(
                 ExcType::QubesVMNotHaltedError,
                 format!("Can't change maxmem of VM {}, because it isn't Halted and memory hotplug is forbidden", ctx.doc().name(id)),
@@ -801,7 +778,7 @@ fn bootmode_children(ctx: &mut Ctx<'_>, id: DomId) {
 fn ip_changed(ctx: &mut Ctx<'_>, id: DomId, v6: bool) -> Result<(), ApiError> {
     let subj = ctx.doc().name(id).to_string();
     let sfx = if v6 { "6" } else { "" };
-    if vm_prop(ctx, id, "provides_network", 0).is_ok_and(|v| v.truthy()) {
+    if prop_truthy(ctx, id, "provides_network") {
         emit_reset_only(ctx, &subj, &format!("gateway{sfx}"));
     }
     emit_reset_only(ctx, &subj, &format!("visible_ip{sfx}"));
@@ -815,7 +792,7 @@ fn ip_changed(ctx: &mut Ctx<'_>, id: DomId, v6: bool) -> Result<(), ApiError> {
 /// Core-features extension: feature `servicevm` follows provides_network.
 fn servicevm_feature(ctx: &mut Ctx<'_>, id: DomId) -> Result<(), ApiError> {
     let subj = ctx.doc().name(id).to_string();
-    if vm_prop(ctx, id, "provides_network", 0).is_ok_and(|v| v.truthy()) {
+    if prop_truthy(ctx, id, "provides_network") {
         set_feature(ctx, id, "servicevm", "1")?;
         emit_reset_only(ctx, &subj, "icon");
     } else if feature(ctx, id, "servicevm").is_some() {
@@ -888,10 +865,10 @@ fn default_dispvm_children(ctx: &mut Ctx<'_>, old: &Val) {
 
 /// admin.*.property.Reset after the existence check.
 pub fn reset(ctx: &mut Ctx<'_>, h: Holder, def: &'static PropDef) -> Result<(), ApiError> {
-    if def.kind == Kind::WriteOnce && !is_default(ctx, h, def).map_err(api)? {
+    if def.kind == Kind::WriteOnce && !is_default(ctx, h, def)? {
         return Err(write_once_err(def));
     }
-    let old = old_value(ctx, h, def)?;
+    let old = readable(get(ctx, h, def))?;
     let subj = subject(ctx, h);
     let name = def.name;
     let old_or_none = old.clone().unwrap_or(Val::None);
@@ -911,10 +888,7 @@ pub fn reset(ctx: &mut Ctx<'_>, h: Holder, def: &'static PropDef) -> Result<(), 
             "template" => return Err(ApiError::value("Cannot unset template")),
             "template_for_dispvms" => dvm_template_off_check(ctx, id, false, old_or_none.truthy())?,
             "netvm" => {
-                let table = table_of(ctx, h)?;
-                let new = defs::find(table, "netvm")
-                    .map_or(Ok(Val::None), |(_, d)| defaults::default_of(ctx, h, d))
-                    .unwrap_or(Val::None);
+                let new = readable(defaults::default_of(ctx, h, def))?.unwrap_or(Val::None);
                 netvm_check(ctx, id, &new)?;
                 if new != old_or_none {
                     emit_prop(

@@ -62,7 +62,7 @@ impl Val {
 }
 
 /// Python `int(str)` (see [`crate::python::int`]).
-pub fn py_int(text: &str) -> Option<i64> {
+fn py_int(text: &str) -> Option<i64> {
     crate::python::int(text, 10)
 }
 
@@ -266,13 +266,6 @@ mod tests {
             sanitize(PropType::Uuid, b"{9B810E76-6EC9-4286-A3CA-828DD5F4B3B2}").unwrap(),
             Sanitized::Text("9b810e76-6ec9-4286-a3ca-828dd5f4b3b2".into())
         );
-    }
-
-    #[test]
-    fn reprs() {
-        assert_eq!(py_repr("a"), "'a'");
-        assert_eq!(py_repr("it's"), "\"it's\"");
-        assert_eq!(py_repr("a\nb"), "'a\\nb'");
     }
 }
 

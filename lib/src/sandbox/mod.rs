@@ -50,14 +50,49 @@ pub fn config_for(dir: &Path) -> Config {
     }
 }
 
-/// Shell `export` lines for the sandbox's environment contract.
+/// Shell `export` lines for the sandbox's environment contract (values single-quoted, so that a
+/// sandbox path with spaces or quotes survives `source`).
 pub fn env_lines(c: &Config) -> String {
-    format!(
-        "export QUBES_XML_PATH={}\nexport QUBES_BASE_DIR={}\nexport QUBES_LIBVIRT_URI='{}'\nexport QUBES_RUN_DIR={}\nexport QUBES_POLICY_DIR={}\n",
-        c.xml_path.display(),
-        c.base_dir.display(),
-        c.libvirt_uri,
-        c.run_dir.display(),
-        c.policy_dir.display()
-    )
+    let vars = [
+        ("QUBES_XML_PATH", c.xml_path.to_string_lossy()),
+        ("QUBES_BASE_DIR", c.base_dir.to_string_lossy()),
+        ("QUBES_LIBVIRT_URI", c.libvirt_uri.as_str().into()),
+        ("QUBES_RUN_DIR", c.run_dir.to_string_lossy()),
+        ("QUBES_POLICY_DIR", c.policy_dir.to_string_lossy()),
+    ];
+    vars.iter()
+        .map(|(k, v)| format!("export {k}='{}'\n", v.replace('\'', "'\\''")))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Regression: the paths were written unquoted, so `source env` of a sandbox under a
+    /// directory with a space exported a truncated path (and ran the rest as a command).
+    #[test]
+    fn env_lines_survive_the_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("my sand'box");
+        let config = config_for(&odd);
+        let script = format!(
+            "{}printf '%s\\n' \"$QUBES_XML_PATH\" \"$QUBES_LIBVIRT_URI\"",
+            env_lines(&config)
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}\ntest:///default\n", config.xml_path.display())
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The qubes.xml document model. OWNER: store helper.
+//! The qubes.xml document model.
 //!
 //! Contract (keep these signatures): the document keeps the original bytes; only sections that
 //! a mutation touched are re-serialised (in lxml's pretty-print form), everything else —
@@ -240,11 +240,11 @@ impl Section {
             match t.kind {
                 TokKind::Text => {}
                 TokKind::End { .. } => {
-                    if had_elements {
-                        sec.tail = Some(src.get(lead_start..t.span.start).unwrap_or(&[]).to_vec());
-                    } else if !xml::is_blank(src.get(lead_start..t.span.start).unwrap_or(&[])) {
-                        // Non-blank text directly in the section: keep it as an item.
-                        sec.tail = Some(src.get(lead_start..t.span.start).unwrap_or(&[]).to_vec());
+                    // The text before the end tag is kept if there were children (it is their
+                    // closing indent) or if it is not blank (text directly in the section).
+                    let tail = src.get(lead_start..t.span.start).unwrap_or(&[]);
+                    if had_elements || !xml::is_blank(tail) {
+                        sec.tail = Some(tail.to_vec());
                     }
                     sec.close = Some(t.span.of(src).to_vec());
                     sec.state =
@@ -392,9 +392,9 @@ impl Section {
         true
     }
 
+    /// Inserts at `at` (clamped). The new item's lead is its own (canonical when `None`); its
+    /// neighbours and the section's tail keep their original bytes.
     fn insert_item(&mut self, at: usize, item: Item) {
-        // A new item at the end keeps the original trailing whitespace in place; inserted
-        // before an original item, it takes that item's lead and gives it a canonical one.
         let at = at.min(self.items.len());
         self.items.insert(at, item);
         self.touch();
@@ -939,7 +939,8 @@ pub struct Document {
     /// fnv(name) → domain; fnv(lowercase uuid) → domain (later wins).
     by_name: HashIndex,
     by_uuid: HashIndex,
-    /// Set by any `data_mut`: name lookups then verify against the data.
+    /// Set by any `data_mut` or `remove_domain`: the hash index may then miss (a renamed
+    /// domain, a removed duplicate hiding an earlier one), so a miss falls back to a scan.
     names_stale: bool,
     domains_changed: bool,
 }
@@ -1745,6 +1746,10 @@ impl Document {
         self.doms.get(id.0).is_some_and(|d| !d.removed)
     }
 
+    /// Whether the domain is the AdminVM (class `AdminVM`).
+    pub fn is_admin(&self, id: DomId) -> bool {
+        self.doms.get(id.0).is_some_and(Dom::is_admin)
+    }
     /// The `class` attribute (`AdminVM`, `AppVM`, ...).
     pub fn class(&self, id: DomId) -> &str {
         self.doms.get(id.0).map_or("", |d| d.class.get(&self.src))
@@ -1816,10 +1821,11 @@ impl Document {
         let id = DomId(self.doms.len());
         let cell = OnceCell::new();
         let _ = cell.set(Box::new(data));
+        let is_admin = class == "AdminVM";
         self.doms.push(Dom {
             span: None,
             lead: None,
-            admin: class == "AdminVM",
+            admin: is_admin,
             class: Txt::Own(class.to_string()),
             name: Txt::Own(name.clone()),
             qid: None,
@@ -1828,13 +1834,12 @@ impl Document {
             removed: false,
             virt: false,
         });
-        let is_admin = class == "AdminVM";
         let at = if is_admin {
             0
         } else {
             self.order
                 .iter()
-                .position(|&o| self.class(o) != "AdminVM" && self.name(o) > name.as_str())
+                .position(|&o| !self.is_admin(o) && self.name(o) > name.as_str())
                 .unwrap_or(self.order.len())
         };
         self.order.insert(at, id);
@@ -1852,6 +1857,8 @@ impl Document {
             return false;
         }
         d.removed = true;
+        // The index entry of a name or uuid held twice (a hand-edited file) pointed here.
+        self.names_stale = true;
         self.order.retain(|&o| o != id);
         self.domains_changed = true;
         true

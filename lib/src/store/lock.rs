@@ -1,4 +1,4 @@
-//! OFD locks on qubes.xml (interoperate with Python's `fcntl.lockf`). OWNER: store helper.
+//! OFD locks on qubes.xml (interoperate with Python's `fcntl.lockf`).
 //!
 //! Open-file-description locks (`F_OFD_SETLK`) conflict with POSIX record locks (what
 //! `fcntl.lockf` takes) on the same inode, so Python Qubes tools and this crate exclude each

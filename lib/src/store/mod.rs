@@ -1,8 +1,8 @@
 //! The qubes.xml store: a lazily indexed document, OFD-locked write transactions and
 //! crash-safe saves.
 //!
-//! OWNER: store helper. The public signatures below are the contract the handlers use; keep
-//! them (add more if needed). How it reads, locks, writes and sweeps: `docs/store.md`.
+//! The public signatures below are the contract the handlers use. How it reads, locks, writes
+//! and sweeps: `docs/store.md`.
 
 pub mod doc;
 pub mod lock;
@@ -244,6 +244,15 @@ impl WriteTxn {
             return Ok(after_rename());
         }
         let bytes = self.doc.to_bytes();
+        // Index the new version before writing it: a serialisation this crate cannot read back
+        // must fail the call (nothing changed), not become qubes.xml. It also becomes the
+        // transaction's document (so a second commit is a no-op).
+        let new_doc = Document::parse(bytes.clone()).map_err(|e| match e {
+            StoreError::Parse(m) => StoreError::Parse(format!(
+                "internal error: the new version would not read back, so it was not saved: {m}"
+            )),
+            e => e,
+        })?;
         let path = self.path.clone();
         let dir = dir_of(&path);
         let prefix = temp_prefix(&path).ok_or_else(|| StoreError::Io {
@@ -293,11 +302,14 @@ impl WriteTxn {
         if let Ok(d) = File::open(dir) {
             d.sync_all().map_err(|e| StoreError::Io {
                 path: dir.to_path_buf(),
-                source: e,
+                // The caller sees an error for a change that is already visible: say so.
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!("the change was saved, but syncing its directory failed: {e}"),
+                ),
             })?;
         }
-        // The document now is the file on disk.
-        self.doc = Document::parse(bytes)?;
+        self.doc = new_doc;
         Ok(out)
     }
 }

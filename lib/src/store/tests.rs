@@ -929,3 +929,28 @@ fn reset_removes_duplicate_entries() {
     let d = again.data(again.domain_by_name("dom0").unwrap()).unwrap();
     assert_eq!((d.feature("f"), d.has_tag("t")), (None, false));
 }
+
+/// Regression: with a name and uuid held by two domains (a hand-edited file) the index points at
+/// the later one; removing it made both lookups miss although the earlier one is still there.
+#[test]
+fn removing_a_duplicate_uncovers_the_other() {
+    let dom = |qid: u32| {
+        format!(
+            "    <domain id=\"domain-{qid}\" class=\"AppVM\">\n      <properties>\n        <property name=\"qid\">{qid}</property>\n        <property name=\"name\">x</property>\n        <property name=\"uuid\">11111111-1111-1111-1111-111111111111</property>\n      </properties>\n    </domain>\n"
+        )
+    };
+    let src = format!(
+        "<qubes>\n  <domains>\n{}{}  </domains>\n</qubes>\n",
+        dom(1),
+        dom(2)
+    );
+    let mut doc = Document::parse(src.into_bytes()).unwrap();
+    let uuid = "11111111-1111-1111-1111-111111111111";
+    let later = doc.domain_by_name("x").unwrap();
+    assert_eq!(doc.qid(later), Some(2));
+    assert_eq!(doc.domain_by_uuid(uuid), Some(later));
+    assert!(doc.remove_domain(later));
+    let earlier = doc.domain_by_name("x").unwrap();
+    assert_eq!(doc.qid(earlier), Some(1));
+    assert_eq!(doc.domain_by_uuid(uuid), Some(earlier));
+}

@@ -23,7 +23,8 @@ const USAGE: &str = "usage:
   qubes-admin-call methods [--markdown]    (qrexec service names, one per line; or the method table)
   qubes-admin-call sandbox DIR             (create a sandbox dom0 in DIR; prints its environment)
   (as a qrexec service: QREXEC_SERVICE_FULL_NAME and friends in the environment)
-environment: QUBES_XML_PATH QUBES_BASE_DIR QUBES_LIBVIRT_URI QUBES_RUN_DIR QUBES_POLICY_DIR";
+environment: QUBES_XML_PATH QUBES_BASE_DIR QUBES_LIBVIRT_URI QUBES_RUN_DIR QUBES_POLICY_DIR
+             QUBES_LOCK_TIMEOUT_MS QUBES_ADMIN_EVENTD";
 
 fn main() -> ExitCode {
     // A caller that disconnects must not interrupt an operation: finish, then exit.
@@ -61,12 +62,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(b"methods") if args.len() == 2 => {
-            let mut out = String::new();
-            for m in qubes_admin::dispatch::METHODS.iter().filter(|m| m.qrexec) {
-                out.push_str(m.name);
-                out.push('\n');
-            }
-            write_out(out.as_bytes());
+            write_out(qubes_admin::dispatch::service_list().as_bytes());
             ExitCode::SUCCESS
         }
         Some(b"sandbox") if args.len() == 3 => sandbox_init(args.get(2)),

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
 use crate::names;
+use crate::props::defaults;
 use crate::store::{Document, DomId};
 
 /// Features nobody (dom0 included) may set or remove through the API.
@@ -80,7 +81,7 @@ pub fn check_with_template_and_adminvm(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, Api
 }
 
 fn lookup_reply(ctx: &Ctx<'_>, chain: Chain, adminvm: bool) -> Result<Vec<u8>, ApiError> {
-    match check_feature(ctx.doc(), ctx.dest, &ctx.arg, chain, adminvm)? {
+    match check_feature(ctx, ctx.dest, &ctx.arg, chain, adminvm)? {
         Some(v) => Ok(v.into_bytes()),
         None => Err(not_found(ctx.dest_name(), &ctx.arg)),
     }
@@ -92,7 +93,7 @@ pub enum Chain {
     None,
     /// The stored `template` (AppVM → TemplateVM, DispVM → AppVM → …).
     Template,
-    /// The effective `netvm` (see [`effective_netvm`]).
+    /// The effective `netvm`, its default included (the property engine decides).
     Netvm,
 }
 
@@ -100,12 +101,13 @@ pub enum Chain {
 /// with an empty value), then dom0 if `adminvm` (unless the start is dom0). A cycle in the
 /// stored references ends the walk.
 pub fn check_feature(
-    doc: &Document,
+    ctx: &Ctx<'_>,
     start: DomId,
     feature: &str,
     chain: Chain,
     adminvm: bool,
 ) -> Result<Option<String>, ApiError> {
+    let doc = ctx.doc();
     let mut seen = HashSet::new();
     let mut cur = Some(start);
     while let Some(id) = cur {
@@ -117,8 +119,8 @@ pub fn check_feature(
         }
         cur = match chain {
             Chain::None => None,
-            Chain::Template => template_of(doc, id)?,
-            Chain::Netvm => effective_netvm(doc, id)?,
+            Chain::Template => defaults::template_of(ctx, id, 0),
+            Chain::Netvm => defaults::netvm_of(ctx, id, 0),
         };
     }
     if adminvm {
@@ -138,36 +140,6 @@ fn vm_ref(doc: &Document, value: &str) -> Option<DomId> {
     } else {
         doc.domain_by_name(value)
     }
-}
-
-/// The `template` of an AppVM or DispVM (stored; no default).
-pub fn template_of(doc: &Document, id: DomId) -> Result<Option<DomId>, ApiError> {
-    if !matches!(doc.class(id), "AppVM" | "DispVM") {
-        return Ok(None);
-    }
-    Ok(doc
-        .data(id)?
-        .property("template")
-        .and_then(|t| vm_ref(doc, t)))
-}
-
-/// The effective `netvm`: the stored value (empty = None), else the class default — global
-/// `default_netvm` for AppVM/StandaloneVM/DispVM, None for TemplateVM; AdminVM and RemoteVM
-/// have no netvm.
-pub fn effective_netvm(doc: &Document, id: DomId) -> Result<Option<DomId>, ApiError> {
-    let class = doc.class(id);
-    if !matches!(class, "AppVM" | "StandaloneVM" | "DispVM" | "TemplateVM") {
-        return Ok(None);
-    }
-    if let Some(v) = doc.data(id)?.property("netvm") {
-        return Ok(vm_ref(doc, v));
-    }
-    if class == "TemplateVM" {
-        return Ok(None);
-    }
-    Ok(doc
-        .global_property("default_netvm")
-        .and_then(|v| vm_ref(doc, v)))
 }
 
 /// `admin.vm.feature.Set`.
@@ -199,22 +171,10 @@ pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
         format!("domain-feature-pre-set:{name}"),
         kwargs.clone(),
     )];
-    events.extend(pre_set_hooks(
-        ctx.doc(),
-        dest,
-        &name,
-        &value,
-        old.as_deref(),
-    )?);
+    events.extend(pre_set_hooks(ctx, dest, &name, &value, old.as_deref())?);
     ctx.doc_mut()?.data_mut(dest)?.set_feature(&name, &value);
     post_set_checks(&name, &value)?;
-    events.extend(post_set_events(
-        ctx.doc(),
-        dest,
-        &name,
-        &value,
-        old.as_deref(),
-    )?);
+    events.extend(post_set_events(ctx, dest, &name, &value, old.as_deref())?);
     events.push((vm, format!("domain-feature-set:{name}"), kwargs));
     emit_all(ctx, events);
     Ok(Vec::new())
@@ -270,12 +230,13 @@ fn is_dvm_template_class(class: &str) -> bool {
 
 /// Validators on `domain-feature-pre-set:<name>`; returns events they fire themselves.
 fn pre_set_hooks(
-    doc: &Document,
+    ctx: &Ctx<'_>,
     id: DomId,
     name: &str,
     value: &str,
     old: Option<&str>,
 ) -> Result<Vec<Ev>, ApiError> {
+    let doc = ctx.doc();
     let class = doc.class(id);
     let mut events = Vec::new();
     if let Some(service) = name.strip_prefix("service.") {
@@ -297,7 +258,7 @@ fn pre_set_hooks(
         ));
     }
     if name == "preload-dispvm-max" && is_dvm_template {
-        check_preload_max(doc, id, value)?;
+        check_preload_max(ctx, id, value)?;
     }
     if name == "preload-dispvm-max" && class == "AdminVM" && Some(value) != old {
         // Forwarded to the global default_dispvm as its own pre-set event.
@@ -316,7 +277,7 @@ fn pre_set_hooks(
                 kw,
             ));
             if is_dvm_template_class(doc.class(target)) {
-                check_preload_max(doc, target, value)?;
+                check_preload_max(ctx, target, value)?;
             }
         }
     }
@@ -349,9 +310,9 @@ fn check_service_name(service: &str) -> Result<(), ApiError> {
 }
 
 /// The disposable template's `preload-dispvm-max` validator.
-fn check_preload_max(doc: &Document, id: DomId, value: &str) -> Result<(), ApiError> {
+fn check_preload_max(ctx: &Ctx<'_>, id: DomId, value: &str) -> Result<(), ApiError> {
     let truthy = |f: &str| -> Result<bool, ApiError> {
-        Ok(check_feature(doc, id, f, Chain::Template, false)?.is_some_and(|v| !v.is_empty()))
+        Ok(check_feature(ctx, id, f, Chain::Template, false)?.is_some_and(|v| !v.is_empty()))
     };
     if !truthy("qrexec")? {
         return Err(ApiError::value("Qube does not support qrexec"));
@@ -435,12 +396,13 @@ fn check_custom_persist(key: &str, value: &str) -> Result<(), ApiError> {
 
 /// Events fired by class handlers of `domain-feature-set:<name>` (before the set event).
 fn post_set_events(
-    doc: &Document,
+    ctx: &Ctx<'_>,
     id: DomId,
     name: &str,
     value: &str,
     old: Option<&str>,
 ) -> Result<Vec<Ev>, ApiError> {
+    let doc = ctx.doc();
     let class = doc.class(id);
     let is_qubesvm = matches!(class, "AppVM" | "StandaloneVM" | "DispVM" | "TemplateVM");
     let mut events = Vec::new();
@@ -464,7 +426,7 @@ fn post_set_events(
         events.push(reset(doc.name(id), "appvm_default_bootmode"));
         let mut appvms = Vec::new();
         for other in doc.domains() {
-            if template_of(doc, other)? == Some(id)
+            if defaults::template_of(ctx, other, 0) == Some(id)
                 && doc.data(other)?.property("bootmode").is_none()
             {
                 appvms.push(doc.name(other).to_string());

@@ -71,8 +71,8 @@ pub fn power_state(
 /// Whether a running QubesVM is still `Transient`: it expects qrexec (feature `qrexec` true
 /// along its template chain) but `<run_dir>/qrexec.<name>` does not exist yet.
 pub fn qrexec_missing(ctx: &Ctx<'_>, id: DomId, dom: &DomainRuntime) -> Result<bool, ApiError> {
-    let expects = check_feature(ctx.doc(), id, "qrexec", Chain::Template, false)?
-        .is_some_and(|v| !v.is_empty());
+    let expects =
+        check_feature(ctx, id, "qrexec", Chain::Template, false)?.is_some_and(|v| !v.is_empty());
     if !expects {
         return Ok(false);
     }

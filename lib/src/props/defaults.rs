@@ -124,14 +124,14 @@ pub fn feature<'c>(ctx: &'c Ctx<'_>, id: DomId, name: &str) -> Option<&'c str> {
 
 /// `features.check_with_template` (an unreadable domain counts as not having the feature).
 pub fn feature_with_template(ctx: &Ctx<'_>, id: DomId, name: &str) -> Option<String> {
-    check_feature(ctx.doc(), id, name, Chain::Template, false)
+    check_feature(ctx, id, name, Chain::Template, false)
         .ok()
         .flatten()
 }
 
 /// `features.check_with_netvm` (an unreadable domain counts as not having the feature).
 pub fn feature_with_netvm(ctx: &Ctx<'_>, id: DomId, name: &str) -> Option<String> {
-    check_feature(ctx.doc(), id, name, Chain::Netvm, false)
+    check_feature(ctx, id, name, Chain::Netvm, false)
         .ok()
         .flatten()
 }

@@ -1,6 +1,6 @@
 //! admin.vm.notes.* (`core.md` §3.15): `<vm dir>/notes.txt`, not part of qubes.xml.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -89,13 +89,9 @@ fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
     let mode = fs::metadata(path)
         .ok()
         .map(|m| m.permissions().mode() & 0o7777);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".notes.txt.{}.{nanos}.tmp", std::process::id()));
+    let (tmp, mut f) =
+        crate::store::create_temp_file(dir, std::ffi::OsStr::new(".notes.txt~"), 0o666)?;
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         if let Some(m) = mode {
             f.set_permissions(fs::Permissions::from_mode(m))?;
         }

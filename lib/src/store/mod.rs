@@ -315,6 +315,19 @@ impl WriteTxn {
 }
 
 fn create_temp(dir: &Path, prefix: &std::ffi::OsStr) -> Result<(PathBuf, File), StoreError> {
+    create_temp_file(dir, prefix, 0o660).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Creates a new file `<dir>/<prefix><random>` (`O_EXCL`, close-on-exec, `mode` before umask),
+/// retrying on a name clash: the temp file of a crash-safe replace.
+pub(crate) fn create_temp_file(
+    dir: &Path,
+    prefix: &std::ffi::OsStr,
+    mode: u32,
+) -> std::io::Result<(PathBuf, File)> {
     let mut last = None;
     for _ in 0..16 {
         let mut name = prefix.to_os_string();
@@ -323,19 +336,16 @@ fn create_temp(dir: &Path, prefix: &std::ffi::OsStr) -> Result<(PathBuf, File), 
         match OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o660)
+            .mode(mode)
             .custom_flags(nix::libc::O_CLOEXEC)
             .open(&p)
         {
             Ok(f) => return Ok((p, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(StoreError::Io { path: p, source: e }),
+            Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Io {
-        path: dir.to_path_buf(),
-        source: last.unwrap_or_else(|| std::io::Error::other("cannot create a temp file")),
-    })
+    Err(last.unwrap_or_else(|| std::io::Error::other("cannot create a temp file")))
 }
 
 #[cfg(test)]

@@ -19,6 +19,6 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     [[ $(id -u) == 0 ]] || sudo=(sudo)
     echo "setup-debian.sh: installing ${missing[*]}" >&2
     "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "setup-debian.sh: cargo not found (install Rust >= 1.89 with rustup)" >&2; exit 1; }

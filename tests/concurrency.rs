@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use qubes_admin::eventlog::{self, Event};
+use qubes_admin::events::{self, Event};
 use support::{check_exception_frame, Sandbox};
 
 const EVENTD: &str = env!("CARGO_BIN_EXE_qubes-admin-eventd");
@@ -126,7 +126,7 @@ impl Sys {
     }
 
     fn events(&self) -> Vec<(u64, Event)> {
-        eventlog::read_after(&self.sb.run_dir(), 0).unwrap()
+        events::read_after(&self.sb.run_dir(), 0).unwrap()
     }
 
     /// Starts `qubes-admin-eventd` on the sandbox's run dir (runtime state for vm.List and

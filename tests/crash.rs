@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use qubes_admin::eventlog;
+use qubes_admin::events;
 
 const BIN: &str = env!("CARGO_BIN_EXE_qubes-admin-call");
 const GEN10: &str = include_str!("fixtures/gen10/qubes.xml");
@@ -172,7 +172,7 @@ fn run_dir(dir: &Path) -> PathBuf {
     dir.join("run")
 }
 fn hint_path(dir: &Path) -> PathBuf {
-    eventlog::log_dir(&run_dir(dir)).join("events.lock")
+    events::log_dir(&run_dir(dir)).join("events.lock")
 }
 
 fn spawn(dir: &Path, req: &Req, failpoint: Option<&str>) -> Child {
@@ -238,9 +238,9 @@ fn install(dir: &Path, s: &State) {
     }
     std::fs::create_dir_all(dir.join("base")).unwrap();
     std::fs::create_dir_all(dir.join("policy.d")).unwrap();
-    std::fs::create_dir_all(eventlog::log_dir(&run_dir(dir))).unwrap();
+    std::fs::create_dir_all(events::log_dir(&run_dir(dir))).unwrap();
     std::fs::write(xml_path(dir), &s.xml).unwrap();
-    std::fs::write(eventlog::log_path(&run_dir(dir)), &s.log).unwrap();
+    std::fs::write(events::log_path(&run_dir(dir)), &s.log).unwrap();
     std::fs::write(hint_path(dir), &s.hint).unwrap();
     for (name, b) in &s.temps {
         std::fs::write(dir.join(name), b).unwrap();
@@ -251,7 +251,7 @@ fn capture(dir: &Path) -> State {
     let rd = |p: PathBuf| std::fs::read(p).unwrap_or_default();
     State {
         xml: std::fs::read(xml_path(dir)).unwrap(),
-        log: rd(eventlog::log_path(&run_dir(dir))),
+        log: rd(events::log_path(&run_dir(dir))),
         hint: rd(hint_path(dir)),
         temps: temp_files(dir)
             .into_iter()
@@ -274,7 +274,7 @@ struct Refs {
 }
 
 fn frames_after(log: &[u8], prefix_len: usize) -> Vec<Vec<u8>> {
-    let (recs, end) = eventlog::parse_records(&log[prefix_len..], 0).unwrap();
+    let (recs, end) = events::parse_records(&log[prefix_len..], 0).unwrap();
     assert_eq!(end as usize, log.len() - prefix_len);
     recs.into_iter().map(|(_, f, _)| f.to_vec()).collect()
 }
@@ -413,7 +413,7 @@ fn check_crashed(dir: &Path, r: &Refs, what: &str) -> Crashed {
         );
     }
     // Event log: the old log, plus (only if committed) a byte prefix of this call's events.
-    let log = std::fs::read(eventlog::log_path(&run_dir(dir))).unwrap_or_default();
+    let log = std::fs::read(events::log_path(&run_dir(dir))).unwrap_or_default();
     if committed {
         assert!(
             log.starts_with(&r.old.log) && r.new.log.starts_with(&log),
@@ -440,10 +440,10 @@ fn check_crashed(dir: &Path, r: &Refs, what: &str) -> Crashed {
         Events::Partial
     };
     // Readers: no corrupt record, complete records only, gap-free.
-    let (recs, end) = eventlog::parse_records(&log, 0)
+    let (recs, end) = events::parse_records(&log, 0)
         .unwrap_or_else(|e| panic!("{what}: event log is corrupt: {e}"));
-    let read = eventlog::read_after(&run_dir(dir), 0)
-        .unwrap_or_else(|e| panic!("{what}: read_after: {e}"));
+    let read =
+        events::read_after(&run_dir(dir), 0).unwrap_or_else(|e| panic!("{what}: read_after: {e}"));
     assert_eq!(read.len(), recs.len());
     for (i, (seq, _)) in read.iter().enumerate() {
         assert_eq!(*seq, i as u64 + 1, "{what}: sequence gap at record {i}");
@@ -464,7 +464,7 @@ fn encode(seq: u64, frame: &[u8], out: &mut Vec<u8>) {
 
 /// The next read and write after a crash.
 fn check_recovery(dir: &Path, r: &Refs, c: &Crashed, m: &Method, what: &str) {
-    let log_before = std::fs::read(eventlog::log_path(&run_dir(dir))).unwrap_or_default();
+    let log_before = std::fs::read(events::log_path(&run_dir(dir))).unwrap_or_default();
     let read = call(dir, &m.read);
     let want = if c.committed {
         &r.read_new
@@ -499,14 +499,14 @@ fn check_recovery(dir: &Path, r: &Refs, c: &Crashed, m: &Method, what: &str) {
     );
     // The log: complete records before the crash, the torn tail gone, the next write's events
     // numbered on from the last complete record.
-    let (recs, end) = eventlog::parse_records(&log_before, 0).unwrap();
+    let (recs, end) = events::parse_records(&log_before, 0).unwrap();
     let mut expected = log_before[..end as usize].to_vec();
     let mut seq = recs.len() as u64;
     for f in &r.next_frames {
         seq += 1;
         encode(seq, f, &mut expected);
     }
-    let log = std::fs::read(eventlog::log_path(&run_dir(dir))).unwrap();
+    let log = std::fs::read(events::log_path(&run_dir(dir))).unwrap();
     assert!(
         log == expected,
         "{what}: event log after the next write: {} bytes, expected {} (first difference at {})",
@@ -514,7 +514,7 @@ fn check_recovery(dir: &Path, r: &Refs, c: &Crashed, m: &Method, what: &str) {
         expected.len(),
         first_diff(&log, &expected)
     );
-    let read = eventlog::read_after(&run_dir(dir), 0).unwrap();
+    let read = events::read_after(&run_dir(dir), 0).unwrap();
     for (i, (s, _)) in read.iter().enumerate() {
         assert_eq!(*s, i as u64 + 1, "{what}: sequence gap at record {i}");
     }
@@ -809,7 +809,7 @@ fn chain_write(step: usize, kind: usize) -> Req {
 }
 
 fn complete_end(log: &[u8]) -> usize {
-    eventlog::parse_records(log, 0).unwrap().1 as usize
+    events::parse_records(log, 0).unwrap().1 as usize
 }
 
 #[derive(Default, Debug)]
@@ -907,7 +907,7 @@ fn sigkill_chain() {
             now.log == cur.log || (new.log.starts_with(&now.log)),
             "{what}: event log is neither the old one nor a prefix of the new one"
         );
-        let end = eventlog::parse_records(&now.log, 0)
+        let end = events::parse_records(&now.log, 0)
             .unwrap_or_else(|e| panic!("{what}: event log is corrupt: {e}"))
             .1 as usize;
         assert!(
@@ -921,7 +921,7 @@ fn sigkill_chain() {
                 "{what}: events logged for a change that was not saved"
             );
         }
-        let read = eventlog::read_after(&run_dir(&dir), 0).unwrap();
+        let read = events::read_after(&run_dir(&dir), 0).unwrap();
         for (i, (s, _)) in read.iter().enumerate() {
             assert_eq!(*s, i as u64 + 1, "{what}: sequence gap at record {i}");
         }

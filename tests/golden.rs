@@ -174,11 +174,11 @@ static LOG_BROKEN: AtomicBool = AtomicBool::new(false);
 /// The records appended to the event log after `after`, as frames; Err if unreadable.
 fn read_events(run_dir: &Path, after: &mut u64) -> Result<Vec<Vec<u8>>, String> {
     if LOG_BROKEN.load(Ordering::Relaxed) {
-        return Err("event log unreadable (earlier panic in eventlog::read_after)".into());
+        return Err("event log unreadable (earlier panic in events::read_after)".into());
     }
     let last = *after;
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        qubes_admin::eventlog::read_after(run_dir, last)
+        qubes_admin::events::read_after(run_dir, last)
     }));
     match r {
         Ok(Ok(recs)) => {
@@ -187,10 +187,10 @@ fn read_events(run_dir: &Path, after: &mut u64) -> Result<Vec<Vec<u8>>, String> 
             }
             Ok(recs.iter().map(|(_, e)| e.frame()).collect())
         }
-        Ok(Err(e)) => Err(format!("eventlog::read_after failed: {e}")),
+        Ok(Err(e)) => Err(format!("events::read_after failed: {e}")),
         Err(_) => {
             LOG_BROKEN.store(true, Ordering::Relaxed);
-            Err("eventlog::read_after panicked".into())
+            Err("events::read_after panicked".into())
         }
     }
 }

@@ -342,9 +342,9 @@ fn table_covers_what_it_promises() {
             if exec { "exec-service" } else { "socket" }
         );
     }
-    for m in qubes_admin::dispatch::METHODS
+    for m in qubes_admin::api::METHODS
         .iter()
-        .filter(|m| m.payload == qubes_admin::dispatch::Presence::Forbidden)
+        .filter(|m| m.payload == qubes_admin::api::Presence::Forbidden)
     {
         for exec in [false, true] {
             let covered = rows.iter().any(|r| {

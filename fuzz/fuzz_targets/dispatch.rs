@@ -7,7 +7,7 @@
 //! <method selector> <front end> [<method name> 0x1F] <arg> 0x1F <src> 0x1F <target type> 0x1F <dest> 0x1F <payload...>
 //! ```
 //!
-//! * method selector: `b % (METHODS.len() + 1)`: a row of `qubes_admin::dispatch::METHODS` (so
+//! * method selector: `b % (METHODS.len() + 1)`: a row of `qubes_admin::api::METHODS` (so
 //!   every row is reachable), or `METHODS.len()`: the method name is the first field (unknown,
 //!   non-ASCII, ... names);
 //! * front end: `b % 4`: 0 the library API (`RawRequest` as is), 1 socket framing synthesized
@@ -32,8 +32,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use qubes_admin::dispatch::METHODS;
-use qubes_admin::hypervisor::{HostInfo, Offline};
+use qubes_admin::api::METHODS;
+use qubes_admin::runtime::{HostInfo, Offline};
 use qubes_admin::store::Document;
 use qubes_admin::wire::{self, RawRequest, Target};
 use qubes_admin::{Config, System};
@@ -311,7 +311,7 @@ fn run_record(env: &mut Env, sys: &mut System, rec: &[u8]) {
     let after = std::fs::read(&env.config.xml_path).unwrap();
     let writes = std::str::from_utf8(&raw.method)
         .ok()
-        .and_then(qubes_admin::dispatch::find)
+        .and_then(qubes_admin::api::find)
         .is_some_and(|m| m.writes());
     if reply.starts_with(b"2\0") || !writes {
         assert!(

@@ -7,10 +7,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qubes_admin::eventlog::{self, Event, Parsed};
-use qubes_admin::request::{self, VmRef};
+use qubes_admin::events::{self, Event, Parsed};
+use qubes_admin::wire::vm_ref::{self, VmRef};
 use qubes_admin::wire::{self, Target};
-use qubes_admin::{names, notes_sanitize};
+use qubes_admin::{model::notes_sanitize, wire::names};
 
 fn socket(b: &[u8]) {
     let Ok(r) = wire::parse_socket_request(b) else {
@@ -59,7 +59,7 @@ fn exec(b: &[u8]) {
 }
 
 fn vm_ref(b: &[u8]) {
-    match request::parse_vm_ref(b) {
+    match vm_ref::parse_vm_ref(b) {
         Ok(VmRef::Name(n)) => {
             assert_eq!(n.as_bytes(), b);
             assert!(names::validate_vm_name(&n).is_ok());
@@ -68,12 +68,12 @@ fn vm_ref(b: &[u8]) {
         Ok(VmRef::Uuid { uuid, text }) => {
             assert_eq!(text.as_bytes(), b);
             assert_eq!(uuid.len(), 36);
-            assert_eq!(request::parse_uuid(&uuid).as_deref(), Some(uuid.as_str()));
+            assert_eq!(vm_ref::parse_uuid(&uuid).as_deref(), Some(uuid.as_str()));
         }
         Err(e) => assert!(!e.msg.is_empty()),
     }
     if let Ok(s) = std::str::from_utf8(b) {
-        if let Some(u) = request::parse_uuid(s) {
+        if let Some(u) = vm_ref::parse_uuid(s) {
             assert!(u.eq_ignore_ascii_case(s));
             assert!(!u.bytes().any(|c| c.is_ascii_uppercase()));
         }
@@ -141,14 +141,14 @@ fn event_frame(b: &[u8]) {
 }
 
 fn log_records(b: &[u8]) {
-    match eventlog::parse_record(b) {
+    match events::parse_record(b) {
         Parsed::Record { len, frame, .. } => {
             assert!(len <= b.len() && len > 0);
             assert!(frame.len() < len);
         }
         Parsed::Incomplete | Parsed::Bad(_) => {}
     }
-    if let Ok((recs, end)) = eventlog::parse_records(b, 7) {
+    if let Ok((recs, end)) = events::parse_records(b, 7) {
         assert!(end >= 7 && end - 7 <= b.len() as u64);
         let mut last = 7;
         for (_, _, off) in recs {

@@ -16,7 +16,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qubes_admin::names;
+use qubes_admin::wire::names;
 use qubes_admin::store::{Document, DomId};
 
 #[derive(Debug, Clone, Copy)]

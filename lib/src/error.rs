@@ -135,14 +135,14 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-impl From<crate::eventlog::EventLogError> for ApiError {
-    fn from(e: crate::eventlog::EventLogError) -> Self {
+impl From<crate::events::EventLogError> for ApiError {
+    fn from(e: crate::events::EventLogError) -> Self {
         ApiError::qubes(e.to_string())
     }
 }
 
-impl From<crate::hypervisor::HvError> for ApiError {
-    fn from(e: crate::hypervisor::HvError) -> Self {
+impl From<crate::runtime::HvError> for ApiError {
+    fn from(e: crate::runtime::HvError) -> Self {
         ApiError::qubes(e.to_string())
     }
 }

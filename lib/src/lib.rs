@@ -16,39 +16,38 @@
 //! assert!(reply.starts_with(b"0\0") || reply.starts_with(b"2\0"));
 //! ```
 
+//!
+//! Layers, top to bottom (a module imports only its own layer and those below; a test in
+//! `lib/tests/layers.rs` enforces it; `docs/architecture.md` explains each):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | entry | this file ([`System`]), [`sandbox`] |
+//! | api | [`api`]: the dispatch table, request resolution, one module per API family |
+//! | model | [`model`]: the call context and the engines the families share |
+//! | state | [`store`] (qubes.xml), [`events`] (the event log), [`runtime`] (libvirt, the helper) |
+//! | wire | [`wire`]: framing, VM-reference syntax, name validators, Python rules |
+//!
+//! [`error`], [`config`] and [`ffi`] serve every layer.
+
+pub mod api;
 pub mod config;
-pub mod context;
-pub mod dispatch;
 pub mod error;
-pub mod eventlog;
+pub mod events;
 pub mod ffi;
-pub mod hypervisor;
-pub mod names;
-pub mod request;
+pub mod model;
+pub mod runtime;
 pub mod sandbox;
 pub mod store;
 pub mod wire;
-pub mod xml;
-
-pub mod label;
-pub mod notes_sanitize;
-pub mod property;
-pub mod props;
-pub mod python;
-pub mod vm_feature;
-pub mod vm_list;
-pub mod vm_notes;
-pub mod vm_property;
-pub mod vm_state;
-pub mod vm_tag;
-pub mod vmclass;
 
 pub use config::Config;
 pub use error::{ApiError, ExcType};
 
-use context::{Ctx, DocRef};
-use hypervisor::Hypervisor;
+use model::context::{Call, Ctx, DocRef};
+use runtime::Hypervisor;
 use store::{Document, FileStamp, WriteTxn};
+use wire::vm_ref::parse_vm_ref;
 use wire::RawRequest;
 
 /// One Qubes system: a configuration, a runtime-state source and (for in-process users) a cached
@@ -63,9 +62,9 @@ pub struct System {
 
 impl System {
     /// Opens a system with the default runtime source for this configuration
-    /// (see [`hypervisor::default_for`]).
+    /// (see [`runtime::default_for`]).
     pub fn open(config: Config) -> System {
-        let hv = hypervisor::default_for(&config);
+        let hv = runtime::default_for(&config);
         System::with_hypervisor(config, hv)
     }
 
@@ -89,9 +88,7 @@ impl System {
 
     /// Runs one request and returns the reply body or the exception.
     pub fn execute(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
-        let method = std::str::from_utf8(&raw.method)
-            .ok()
-            .and_then(dispatch::find);
+        let method = std::str::from_utf8(&raw.method).ok().and_then(api::find);
         if method.is_some_and(|m| m.writes()) {
             self.execute_write(raw)
         } else {
@@ -102,13 +99,12 @@ impl System {
     fn execute_write(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
         self.cache = None;
         let mut txn = WriteTxn::begin(&self.config.xml_path, self.config.lock_timeout)?;
-        let r = request::resolve_request(txn.doc(), raw)?;
+        let r = api::request::resolve_request(txn.doc(), raw)?;
         let (body, events) = {
             let handler = r.method.handler;
             let mut ctx = Ctx::new(
                 &self.config,
-                r,
-                raw.payload.clone(),
+                r.into_call(raw.payload.clone()),
                 DocRef::Write(txn.doc_mut()),
                 self.hv.as_ref(),
             );
@@ -122,7 +118,7 @@ impl System {
             if events.is_empty() {
                 Ok(0)
             } else {
-                eventlog::append(run_dir, &events)
+                events::append(run_dir, &events)
             }
         })?;
         logged.map_err(|e| {
@@ -146,48 +142,40 @@ impl System {
         &mut self,
         vm: Option<&str>,
         name: &str,
-    ) -> Result<props::PropertyValue, ApiError> {
+    ) -> Result<model::props::PropertyValue, ApiError> {
         let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
         let dom0 = doc
             .domain_by_name("dom0")
             .ok_or_else(|| ApiError::vm_not_found("dom0"))?;
         let (dest, holder) = match vm {
             Some(n) => {
-                let id = request::resolve(doc, &request::parse_vm_ref(n.as_bytes())?)?;
-                (id, props::Holder::Vm(id))
+                let id = api::request::resolve(doc, &parse_vm_ref(n.as_bytes())?)?;
+                (id, model::props::Holder::Vm(id))
             }
-            None => (dom0, props::Holder::Global),
+            None => (dom0, model::props::Holder::Global),
         };
-        let method = dispatch::find(if vm.is_some() {
-            "admin.vm.property.Get"
-        } else {
-            "admin.property.Get"
-        })
-        .ok_or_else(|| ApiError::qubes("internal error: property.Get missing from the table"))?;
-        let call = request::Resolved {
-            method,
+        let call = Call {
+            method: if vm.is_some() {
+                "admin.vm.property.Get"
+            } else {
+                "admin.property.Get"
+            },
             src: dom0,
             dest,
             arg: name.to_string(),
+            payload: Vec::new(),
         };
-        let ctx = Ctx::new(
-            &self.config,
-            call,
-            Vec::new(),
-            DocRef::Read(doc),
-            self.hv.as_ref(),
-        );
-        props::read(&ctx, holder, name)
+        let ctx = Ctx::new(&self.config, call, DocRef::Read(doc), self.hv.as_ref());
+        model::props::read(&ctx, holder, name)
     }
 
     fn execute_read(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
         let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
-        let r = request::resolve_request(doc, raw)?;
+        let r = api::request::resolve_request(doc, raw)?;
         let handler = r.method.handler;
         let mut ctx = Ctx::new(
             &self.config,
-            r,
-            raw.payload.clone(),
+            r.into_call(raw.payload.clone()),
             DocRef::Read(doc),
             self.hv.as_ref(),
         );

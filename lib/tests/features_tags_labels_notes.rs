@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use qubes_admin::hypervisor::{HostInfo, Offline};
+use qubes_admin::runtime::{HostInfo, Offline};
 use qubes_admin::wire::{RawRequest, Target};
-use qubes_admin::{eventlog, Config, System};
+use qubes_admin::{events, Config, System};
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -64,7 +64,7 @@ impl Env {
     }
     /// Event frames logged since the last call of this function.
     fn events(&mut self) -> Vec<Vec<u8>> {
-        let evs = eventlog::read_after(&self.path("run"), self.seen).unwrap();
+        let evs = events::read_after(&self.path("run"), self.seen).unwrap();
         if let Some((seq, _)) = evs.last() {
             self.seen = *seq;
         }

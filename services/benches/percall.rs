@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qubes_admin::hypervisor::{HostInfo, Offline};
+use qubes_admin::runtime::{HostInfo, Offline};
 use qubes_admin::wire::{RawRequest, Target};
 use qubes_admin::{Config, System};
 

@@ -4,10 +4,15 @@
 //! The public signatures below are the contract the handlers use. How it reads, locks, writes
 //! and sweeps: `docs/store.md`.
 
-pub mod doc;
+mod document;
+mod domain;
+mod index;
 pub mod lock;
+mod section;
+pub mod xml;
 
-pub use doc::{Document, DomId, DomainData, Label, Pool, DOM0_UUID};
+pub use document::{Document, DomId, Label, Pool, DOM0_UUID};
+pub use domain::DomainData;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

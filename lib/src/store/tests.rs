@@ -580,7 +580,7 @@ fn qc_parse_to_bytes_identity() {
                     }
                 })
                 .collect();
-        let esc = crate::xml::escape_text(&v).into_owned();
+        let esc = crate::store::xml::escape_text(&v).into_owned();
         let parts = [
             "<!-- c -->".to_string(),
             "\n  ".to_string(),
@@ -842,8 +842,8 @@ fn crash_at_fail_points() {
     }
     // during-event-append: torn record ignored by readers, repaired by the next writer.
     let d = tempfile::tempdir().unwrap();
-    let ev = |n: &str| crate::eventlog::Event::new("vm", n, vec![("k".into(), "v\nw".into())]);
-    crate::eventlog::append(d.path(), &[ev("a")]).unwrap();
+    let ev = |n: &str| crate::events::Event::new("vm", n, vec![("k".into(), "v\nw".into())]);
+    crate::events::append(d.path(), &[ev("a")]).unwrap();
     let st = std::process::Command::new(&exe)
         .args([
             "--exact",
@@ -858,9 +858,9 @@ fn crash_at_fail_points() {
         .status()
         .unwrap();
     assert!(!st.success());
-    assert_eq!(crate::eventlog::read_after(d.path(), 0).unwrap().len(), 1);
-    assert_eq!(crate::eventlog::append(d.path(), &[ev("c")]).unwrap(), 2);
-    let all = crate::eventlog::read_after(d.path(), 0).unwrap();
+    assert_eq!(crate::events::read_after(d.path(), 0).unwrap().len(), 1);
+    assert_eq!(crate::events::append(d.path(), &[ev("c")]).unwrap(), 2);
+    let all = crate::events::read_after(d.path(), 0).unwrap();
     assert_eq!(
         all.iter()
             .map(|r| (r.0, r.1.name.as_str()))
@@ -878,8 +878,8 @@ fn crash_child() {
         t.commit().unwrap();
     }
     if let Some(d) = std::env::var_os("EVENT_CHILD_DIR") {
-        let ev = crate::eventlog::Event::new("vm", "b", vec![("k".into(), "x".repeat(300))]);
-        crate::eventlog::append(Path::new(&d), &[ev]).unwrap();
+        let ev = crate::events::Event::new("vm", "b", vec![("k".into(), "x".repeat(300))]);
+        crate::events::append(Path::new(&d), &[ev]).unwrap();
     }
 }
 

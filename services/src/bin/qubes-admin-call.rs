@@ -58,11 +58,11 @@ fn main() -> ExitCode {
         Some(b"--socket-request") if args.len() == 2 => socket_request(),
         Some(b"call") => human_call(args.get(2..).unwrap_or_default()),
         Some(b"methods") if args.get(2).map(|a| a.as_bytes()) == Some(b"--markdown") => {
-            write_out(qubes_admin::dispatch::markdown().as_bytes());
+            write_out(qubes_admin::api::markdown().as_bytes());
             ExitCode::SUCCESS
         }
         Some(b"methods") if args.len() == 2 => {
-            write_out(qubes_admin::dispatch::service_list().as_bytes());
+            write_out(qubes_admin::api::service_list().as_bytes());
             ExitCode::SUCCESS
         }
         Some(b"sandbox") if args.len() == 3 => sandbox_init(args.get(2)),

@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use qubes_admin::hypervisor::eventd;
-use qubes_admin::hypervisor::proto::Request;
+use qubes_admin::runtime::eventd;
+use qubes_admin::runtime::proto::Request;
 use qubes_admin::Config;
 
 const USAGE: &str = "usage:

@@ -9,8 +9,8 @@ use super::defaults::{
 use super::defs::{self, Kind, PropDef, PropType, VmReq};
 use super::value::{py_repr, sanitize, Sanitized, Val};
 use super::{class_of, holder_name, table_of, Holder, ReadErr};
-use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
+use crate::model::context::Ctx;
 use crate::store::DomId;
 
 /// A read where "no value" is an answer, not an error (the reference's `oldvalue` is present
@@ -226,13 +226,13 @@ fn label_value(ctx: &Ctx<'_>, text: &str) -> Result<Val, ApiError> {
     let label = match text.strip_prefix("label-") {
         // The reference names the index alone (`Label does not exist: 99`); it crashes (no
         // reply) when the index is not a number, where we say not found.
-        Some(n) => crate::label::resolve_vm_label(labels, text).ok_or_else(|| {
+        Some(n) => crate::model::labels::resolve_vm_label(labels, text).ok_or_else(|| {
             ApiError::new(
                 ExcType::QubesLabelNotFoundError,
                 format!("Label does not exist: {n}"),
             )
         })?,
-        None => crate::label::lookup(labels, text)?,
+        None => crate::model::labels::lookup(labels, text)?,
     };
     Ok(Val::Text(label.name.clone()))
 }

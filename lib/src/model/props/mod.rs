@@ -8,13 +8,12 @@
 
 pub mod defaults;
 pub mod defs;
-pub mod handlers;
 pub mod render;
 pub mod setters;
 pub mod value;
 
-use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
+use crate::model::context::Ctx;
 use crate::store::DomId;
 
 /// The object whose properties a call addresses.
@@ -117,7 +116,7 @@ pub fn read(ctx: &Ctx<'_>, h: Holder, name: &str) -> Result<PropertyValue, ApiEr
 
 #[cfg(test)]
 mod api_tests {
-    use crate::hypervisor::{HostInfo, Offline};
+    use crate::runtime::{HostInfo, Offline};
     use crate::{Config, System};
 
     /// The typed in-process API agrees with the wire replies.

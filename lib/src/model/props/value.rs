@@ -2,7 +2,7 @@
 
 use super::defs::PropType;
 use crate::error::ApiError;
-pub use crate::python::repr as py_repr;
+pub use crate::wire::python::repr as py_repr;
 
 /// A property value as the reference holds it after loading/assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,9 +61,9 @@ impl Val {
     }
 }
 
-/// Python `int(str)` (see [`crate::python::int`]).
+/// Python `int(str)` (see [`crate::wire::python::int`]).
 fn py_int(text: &str) -> Option<i64> {
-    crate::python::int(text, 10)
+    crate::wire::python::int(text, 10)
 }
 
 /// `qubes.property.bool` on text.
@@ -144,7 +144,7 @@ pub fn sanitize(ty: PropType, payload: &[u8]) -> Result<Sanitized, ApiError> {
         // The reference raises QubesValueError() with no message here.
         let name = ascii.ok_or_else(|| ApiError::value(""))?;
         if !name.is_empty() {
-            crate::names::validate_vm_name(name)?;
+            crate::wire::names::validate_vm_name(name)?;
         }
         return Ok(Sanitized::VmName(name.to_string()));
     }
@@ -192,7 +192,7 @@ pub fn parse_stored(ty: PropType, text: &str) -> Val {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::props::defs::VmReq;
+    use crate::model::props::defs::VmReq;
 
     #[test]
     fn python_int_leniency() {
@@ -431,7 +431,7 @@ mod properties {
     #[test]
     fn qc_sanitize_is_total_and_typed() {
         fn prop(b: Vec<u8>, t: Text) -> bool {
-            use crate::props::defs::VmReq;
+            use crate::model::props::defs::VmReq;
             let mut ok = true;
             for payload in [b.as_slice(), t.0.as_bytes()] {
                 for ty in [
@@ -502,8 +502,8 @@ mod properties {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::sandbox::init(&dir.path().join("sb")).unwrap();
         let hv = || {
-            Box::new(crate::hypervisor::Offline {
-                host: crate::hypervisor::HostInfo {
+            Box::new(crate::runtime::Offline {
+                host: crate::runtime::HostInfo {
                     memory_mib: 4096,
                     cpus: 4,
                 },

@@ -3,8 +3,8 @@
 use super::defaults::{default_of, get, is_default};
 use super::defs::PropDef;
 use super::{table_of, Holder, ReadErr};
-use crate::context::Ctx;
 use crate::error::ApiError;
+use crate::model::context::Ctx;
 
 /// Get: `default=<True|False> type=<T> <value>`; unreadable → `default=True type=<T> `.
 pub fn get_line(ctx: &Ctx<'_>, h: Holder, def: &PropDef) -> Result<String, ApiError> {

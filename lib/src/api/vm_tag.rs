@@ -1,9 +1,9 @@
 //! admin.vm.tag.* (`core.md` §3.10, §8).
 
-use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
-use crate::names;
+use crate::model::context::Ctx;
 use crate::store::{Document, DomId};
+use crate::wire::names;
 
 const CREATED_BY: &str = "created-by-";
 

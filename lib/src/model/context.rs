@@ -1,14 +1,25 @@
 //! What a handler gets: the resolved call and access to the store, runtime state and events.
+//!
+//! It sits below the api layer so that the engines the families share (properties, features)
+//! take the same context; it knows the method only by name, not the dispatch table.
 
 use std::cell::OnceCell;
 
 use crate::config::Config;
-use crate::dispatch::Method;
 use crate::error::ApiError;
-use crate::eventlog::Event;
-use crate::hypervisor::{Hypervisor, Runtime};
-use crate::request::Resolved;
+use crate::events::Event;
+use crate::runtime::{Hypervisor, Runtime};
 use crate::store::{Document, DomId};
+
+/// A resolved call: who calls what on which qube, with which argument and payload.
+pub struct Call {
+    /// The method's name (e.g. `admin.vm.property.Set`).
+    pub method: &'static str,
+    pub src: DomId,
+    pub dest: DomId,
+    pub arg: String,
+    pub payload: Vec<u8>,
+}
 
 /// The document a handler works on: shared for read-only calls, exclusive inside a write
 /// transaction.
@@ -21,7 +32,8 @@ pub enum DocRef<'a> {
 /// depends on the call (e.g. the type of the property being set).
 pub struct Ctx<'a> {
     pub config: &'a Config,
-    pub method: &'static Method,
+    /// The method's name.
+    pub method: &'static str,
     /// The calling qube.
     pub src: DomId,
     /// The target qube (dom0 for global calls).
@@ -38,16 +50,16 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub(crate) fn new(
         config: &'a Config,
-        call: Resolved,
-        payload: Vec<u8>,
+        call: Call,
         doc: DocRef<'a>,
         hv: &'a dyn Hypervisor,
     ) -> Self {
-        let Resolved {
+        let Call {
             method,
             src,
             dest,
             arg,
+            payload,
         } = call;
         Ctx {
             config,
@@ -76,7 +88,7 @@ impl<'a> Ctx<'a> {
             DocRef::Write(d) => Ok(d),
             DocRef::Read(_) => Err(ApiError::qubes(format!(
                 "internal error: {} is read-only but tried to modify qubes.xml",
-                self.method.name
+                self.method
             ))),
         }
     }

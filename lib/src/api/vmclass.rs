@@ -1,7 +1,7 @@
 //! admin.vmclass.List
 
-use crate::context::Ctx;
 use crate::error::ApiError;
+use crate::model::context::Ctx;
 
 /// The `qubes.vm` entry points, in the order the reference lists them (alphabetical).
 pub const VM_CLASSES: &[&str] = &[

@@ -496,15 +496,15 @@ mod tests {
     fn processes_keep_sequence_contiguous() {
         let d = tempfile::tempdir().unwrap();
         let exe = std::env::current_exe().unwrap();
+        // The test's path inside the crate, so that a move of this module cannot break it.
+        let child = format!(
+            "{}::child_writer",
+            module_path!().split_once("::").unwrap().1
+        );
         let kids: Vec<_> = (0..3)
             .map(|_| {
                 std::process::Command::new(&exe)
-                    .args([
-                        "--exact",
-                        "eventlog::tests::child_writer",
-                        "--nocapture",
-                        "--test-threads=1",
-                    ])
+                    .args(["--exact", &child, "--nocapture", "--test-threads=1"])
                     .env("EVENTLOG_CHILD_DIR", d.path())
                     .stdout(std::process::Stdio::null())
                     .spawn()

@@ -5,10 +5,10 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::context::Ctx;
 use crate::error::ApiError;
-use crate::notes_sanitize;
-use crate::python::repr as py_repr;
+use crate::model::context::Ctx;
+use crate::model::notes_sanitize;
+use crate::wire::python::repr as py_repr;
 
 /// Largest accepted note, in bytes.
 pub const MAX_NOTES_SIZE: usize = 256_000;

@@ -4,13 +4,12 @@
 //! (`service.*`, `preload-dispvm-*`), the store, the post-set validators (`vm-config.*`,
 //! `custom-persist.*`) and derived events (`property-reset:bootmode`, …), then the set event.
 
-use std::collections::HashSet;
-
-use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
-use crate::names;
-use crate::props::defaults;
-use crate::store::{Document, DomId};
+use crate::model::context::Ctx;
+use crate::model::features::{check_feature, Chain};
+use crate::model::props::defaults;
+use crate::store::DomId;
+use crate::wire::names;
 
 /// Features nobody (dom0 included) may set or remove through the API.
 pub const PROHIBITED_FEATURES: &[&str] = &[
@@ -84,61 +83,6 @@ fn lookup_reply(ctx: &Ctx<'_>, chain: Chain, adminvm: bool) -> Result<Vec<u8>, A
     match check_feature(ctx, ctx.dest, &ctx.arg, chain, adminvm)? {
         Some(v) => Ok(v.into_bytes()),
         None => Err(not_found(ctx.dest_name(), &ctx.arg)),
-    }
-}
-
-/// Which VM-valued property a recursive feature lookup follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chain {
-    None,
-    /// The stored `template` (AppVM → TemplateVM, DispVM → AppVM → …).
-    Template,
-    /// The effective `netvm`, its default included (the property engine decides).
-    Netvm,
-}
-
-/// The reference's `_recursive_check`: the first VM along `chain` that *has* the feature (even
-/// with an empty value), then dom0 if `adminvm` (unless the start is dom0). A cycle in the
-/// stored references ends the walk.
-pub fn check_feature(
-    ctx: &Ctx<'_>,
-    start: DomId,
-    feature: &str,
-    chain: Chain,
-    adminvm: bool,
-) -> Result<Option<String>, ApiError> {
-    let doc = ctx.doc();
-    let mut seen = HashSet::new();
-    let mut cur = Some(start);
-    while let Some(id) = cur {
-        if !seen.insert(id) {
-            break;
-        }
-        if let Some(v) = doc.data(id)?.feature(feature) {
-            return Ok(Some(v.to_string()));
-        }
-        cur = match chain {
-            Chain::None => None,
-            Chain::Template => defaults::template_of(ctx, id, 0),
-            Chain::Netvm => defaults::netvm_of(ctx, id, 0),
-        };
-    }
-    if adminvm {
-        if let Some(dom0) = doc.domain_by_name("dom0").filter(|d| *d != start) {
-            if let Some(v) = doc.data(dom0)?.feature(feature) {
-                return Ok(Some(v.to_string()));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// A stored VM reference: empty text is None, an unknown name is treated as None.
-fn vm_ref(doc: &Document, value: &str) -> Option<DomId> {
-    if value.is_empty() {
-        None
-    } else {
-        doc.domain_by_name(value)
     }
 }
 
@@ -262,9 +206,9 @@ fn pre_set_hooks(
     }
     if name == "preload-dispvm-max" && class == "AdminVM" && Some(value) != old {
         // Forwarded to the global default_dispvm as its own pre-set event.
-        if let Some(target) = doc
-            .global_property("default_dispvm")
-            .and_then(|v| vm_ref(doc, v))
+        if let Some(target) = defaults::global_prop(ctx, "default_dispvm")
+            .ok()
+            .and_then(|v| defaults::vm_ref(ctx, &v))
         {
             let kw = vec![
                 ("feature".to_string(), name.to_string()),
@@ -386,7 +330,7 @@ fn check_custom_persist(key: &str, value: &str) -> Result<(), ApiError> {
         )));
     }
     let mode = options.get(3).copied().unwrap_or_default();
-    if !crate::python::int(mode, 8).is_some_and(|m| (0..=0o7777).contains(&m)) {
+    if !crate::wire::python::int(mode, 8).is_some_and(|m| (0..=0o7777).contains(&m)) {
         return Err(ApiError::value(format!(
             "invalid mode option '{mode}' in value '{value}'"
         )));
@@ -503,7 +447,7 @@ mod tests {
             assert!(!is_py_float(bad), "{bad}");
         }
         for bad in ["_7", "7_", " 0b1"] {
-            assert_eq!(crate::python::int(bad, 8), None, "{bad}");
+            assert_eq!(crate::wire::python::int(bad, 8), None, "{bad}");
         }
         assert!(is_py_digit("007") && !is_py_digit("") && !is_py_digit("-1"));
     }

@@ -62,7 +62,7 @@ pub fn validate_label_color(payload: &[u8]) -> Result<String, ApiError> {
         .ok()
         .filter(|s| s.is_ascii())
         .ok_or_else(|| err("Label value must be encoded in ASCII"))?;
-    let v = crate::python::strip(text);
+    let v = crate::wire::python::strip(text);
     if v.len() != 8 {
         return Err(err("Label value must have length of 8"));
     }
@@ -389,7 +389,7 @@ mod properties {
 
     impl Arbitrary for Request {
         fn arbitrary(g: &mut Gen) -> Self {
-            let methods: Vec<&str> = crate::dispatch::METHODS.iter().map(|m| m.name).collect();
+            let methods: Vec<&str> = crate::api::METHODS.iter().map(|m| m.name).collect();
             const ARGS: &[&str] = &[
                 "",
                 "label",
@@ -500,8 +500,8 @@ mod properties {
     fn qc_any_request_bytes_get_a_well_formed_frame() {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::sandbox::init(&dir.path().join("sb")).unwrap();
-        let hv = crate::hypervisor::Offline {
-            host: crate::hypervisor::HostInfo {
+        let hv = crate::runtime::Offline {
+            host: crate::runtime::HostInfo {
                 memory_mib: 4096,
                 cpus: 4,
             },

@@ -1,8 +1,15 @@
-//! Bytes in, bytes out: request framing of both front ends and reply framing.
+//! The wire layer: bytes in, bytes out. Request framing of both front ends and reply framing
+//! (this file), VM-reference syntax ([`vm_ref`]), the validators for names callers supply
+//! ([`names`]) and the Python rules the wire inherits ([`python`]). Pure functions: nothing here
+//! reads qubes.xml, so every layer may use them.
 //!
 //! This is the only layer that sees untrusted request bytes. It turns them into a
 //! [`RawRequest`] whose fields are still byte strings (their meaning, e.g. ASCII-ness or VM name
-//! syntax, is checked in [`crate::request`] in the reference's order).
+//! syntax, is checked by `api::request` in the reference's order, with this layer's parsers).
+
+pub mod names;
+pub mod python;
+pub mod vm_ref;
 
 use crate::error::ApiError;
 

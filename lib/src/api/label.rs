@@ -1,10 +1,11 @@
 //! admin.label.* (`core.md` §3.6, §5). Label create/remove emit no events.
 
-use crate::context::Ctx;
 use crate::error::{ApiError, ExcType};
-use crate::names;
-use crate::python;
+use crate::model::context::Ctx;
+use crate::model::labels::{label_repr, lookup, resolve_vm_label};
 use crate::store::{Document, Label};
+use crate::wire::names;
+use crate::wire::python;
 
 /// Indices up to this one are the default labels (`max_default_label`).
 pub const MAX_DEFAULT_LABEL: u32 = 8;
@@ -84,33 +85,6 @@ pub fn remove(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     Ok(Vec::new())
 }
 
-/// `get_label`: by name, then a Python-`int()` digit string as index.
-pub fn lookup<'l>(labels: &'l [Label], arg: &str) -> Result<&'l Label, ApiError> {
-    labels
-        .iter()
-        .find(|l| l.name == arg)
-        .or_else(|| python::int(arg, 10).and_then(|i| by_index(labels, i)))
-        .ok_or_else(|| {
-            ApiError::new(
-                ExcType::QubesLabelNotFoundError,
-                format!("Label does not exist: {arg}"),
-            )
-        })
-}
-
-fn by_index(labels: &[Label], index: i64) -> Option<&Label> {
-    labels.iter().find(|l| i64::from(l.index) == index)
-}
-
-/// The label a stored VM `label` property value refers to: `label-N` (legacy, by index) or
-/// whatever [`lookup`] accepts.
-pub fn resolve_vm_label<'l>(labels: &'l [Label], value: &str) -> Option<&'l Label> {
-    match value.strip_prefix("label-") {
-        Some(n) => python::int(n, 10).and_then(|i| by_index(labels, i)),
-        None => lookup(labels, value).ok(),
-    }
-}
-
 /// Whether any domain's stored label resolves to the label called `name`.
 fn label_in_use(doc: &Document, name: &str) -> Result<bool, ApiError> {
     for id in doc.domains() {
@@ -122,16 +96,6 @@ fn label_in_use(doc: &Document, name: &str) -> Result<bool, ApiError> {
         }
     }
     Ok(false)
-}
-
-/// Python `repr(Label)`: `Label(9, '0x00ffff', 'cyan')`.
-pub fn label_repr(l: &Label) -> String {
-    format!(
-        "Label({}, {}, {})",
-        l.index,
-        python::repr(&l.color),
-        python::repr(&l.name)
-    )
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 //! Power states come from the hypervisor helper's cache (see docs/runtime.md); the runtime is
 //! queried only when a listed qube can be anything but `Running`.
 
-use crate::context::Ctx;
 use crate::error::ApiError;
+use crate::model::context::Ctx;
+use crate::model::power_state::{always_running, vm_power_state, vm_uuid};
 use crate::store::DomId;
-use crate::vm_state::{always_running, vm_power_state, vm_uuid};
 
 /// Which of `candidates` the caller may see.
 ///
@@ -75,7 +75,7 @@ pub fn list(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     clippy::panic
 )]
 mod tests {
-    use crate::hypervisor::{DomState, DomainRuntime, Fixed, HostInfo, Runtime, Unavailable};
+    use crate::runtime::{DomState, DomainRuntime, Fixed, HostInfo, Runtime, Unavailable};
     use crate::wire::{RawRequest, Target};
     use crate::{Config, System};
 
@@ -99,7 +99,7 @@ mod tests {
     }
 
     fn call(
-        hv: Box<dyn crate::hypervisor::Hypervisor>,
+        hv: Box<dyn crate::runtime::Hypervisor>,
         run: &std::path::Path,
         src: &str,
         dest: &str,

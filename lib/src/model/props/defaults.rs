@@ -5,11 +5,11 @@
 use super::defs::{Kind, PropDef, PropType};
 use super::value::{parse_stored, Val};
 use super::{table_of, Holder, ReadErr};
-use crate::context::Ctx;
 use crate::error::ApiError;
-use crate::hypervisor::is_xen_uri;
+use crate::model::context::Ctx;
+use crate::model::features::{check_feature, Chain};
+use crate::runtime::is_xen_uri;
 use crate::store::DomId;
-use crate::vm_feature::{check_feature, Chain};
 
 type R = Result<Val, ReadErr>;
 
@@ -63,7 +63,7 @@ fn get_d(ctx: &Ctx<'_>, h: Holder, def: &PropDef, d: u32) -> R {
 /// shows by name; `admin.label.Remove`'s in-use check resolves it the same way.
 fn stored_val(ctx: &Ctx<'_>, def: &PropDef, text: &str) -> Val {
     if def.ty == PropType::Label {
-        if let Some(l) = crate::label::resolve_vm_label(ctx.doc().labels(), text) {
+        if let Some(l) = crate::model::labels::resolve_vm_label(ctx.doc().labels(), text) {
             return Val::Text(l.name.clone());
         }
     }

@@ -1,0 +1,33 @@
+//! The api layer: the dispatch table and one module per API family. A request arrives parsed
+//! by the wire layer; [`request`] resolves it against qubes.xml and runs the generic checks,
+//! then the row's handler runs with a [`Ctx`](crate::model::context::Ctx).
+//!
+//! | module | methods |
+//! |---|---|
+//! | [`vmclass`] | `admin.vmclass.List` |
+//! | [`vm_list`] | `admin.vm.List` |
+//! | [`vm_state`] | `admin.vm.CurrentState` |
+//! | [`label`] | `admin.label.*` |
+//! | [`property`] | `admin.property.*` and `admin.vm.property.*` (one set of handlers, two holders) |
+//! | [`vm_feature`] | `admin.vm.feature.*` |
+//! | [`vm_tag`] | `admin.vm.tag.*` |
+//! | [`vm_notes`] | `admin.vm.notes.*` |
+//!
+//! To add a method: one row in [`table::METHODS`] and one handler in its family's module.
+
+pub mod request;
+pub mod table;
+
+pub mod label;
+pub mod property;
+pub mod vm_feature;
+pub mod vm_list;
+pub mod vm_notes;
+pub mod vm_state;
+pub mod vm_tag;
+pub mod vmclass;
+
+pub use table::{
+    find, markdown, service_list, Access, DestRule, Handler, Method, Presence, Scope, METHODS,
+    REFERENCE_METHODS,
+};

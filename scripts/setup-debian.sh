@@ -6,9 +6,10 @@
 #   util-linux                      tests: setpriv (start libvirtd as nobody from root)
 #   python3                         tests: a Python writer holding fcntl.lockf on qubes.xml
 #   hyperfine                       benchmarks
+#   btrfs-progs xfsprogs            tests: file-reflink pools on btrfs and xfs in loop devices
 set -euo pipefail
 PKGS=(build-essential libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu
-    libvirt-clients util-linux python3 hyperfine)
+    libvirt-clients util-linux python3 hyperfine btrfs-progs xfsprogs)
 missing=()
 for p in "${PKGS[@]}"; do
     [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true) == installed ]] ||

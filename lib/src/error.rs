@@ -35,6 +35,8 @@ pub enum ExcType {
     QubesInvalidLabelError,
     QubesInvalidLabelValueError,
     QubesNotImplementedError,
+    StoragePoolException,
+    QubesPoolInUseError,
 }
 
 impl ExcType {
@@ -67,6 +69,8 @@ impl ExcType {
             QubesInvalidLabelError => "QubesInvalidLabelError",
             QubesInvalidLabelValueError => "QubesInvalidLabelValueError",
             QubesNotImplementedError => "QubesNotImplementedError",
+            StoragePoolException => "StoragePoolException",
+            QubesPoolInUseError => "QubesPoolInUseError",
         }
     }
 }
@@ -138,6 +142,18 @@ impl From<crate::store::StoreError> for ApiError {
 impl From<crate::events::EventLogError> for ApiError {
     fn from(e: crate::events::EventLogError) -> Self {
         ApiError::qubes(e.to_string())
+    }
+}
+
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        use crate::storage::StorageError;
+        let ty = match e {
+            StorageError::Pool(_) => ExcType::StoragePoolException,
+            StorageError::Io { .. } => ExcType::QubesException,
+            StorageError::Unsupported { .. } => ExcType::QubesNotImplementedError,
+        };
+        ApiError::new(ty, e.to_string())
     }
 }
 

@@ -25,7 +25,7 @@
 //! | entry | this file ([`System`]), [`sandbox`] |
 //! | api | [`api`]: the dispatch table, request resolution, one module per API family |
 //! | model | [`model`]: the call context and the engines the families share |
-//! | state | [`store`] (qubes.xml), [`events`] (the event log), [`runtime`] (libvirt, the helper) |
+//! | state | [`store`] (qubes.xml), [`storage`] (pools, volumes, drivers), [`events`] (the event log), [`runtime`] (libvirt, the helper) |
 //! | wire | [`wire`]: framing, VM-reference syntax, name validators, Python rules |
 //!
 //! [`error`], [`config`] and [`ffi`] serve every layer.
@@ -38,6 +38,7 @@ pub mod ffi;
 pub mod model;
 pub mod runtime;
 pub mod sandbox;
+pub mod storage;
 pub mod store;
 pub mod wire;
 
@@ -100,7 +101,7 @@ impl System {
         self.cache = None;
         let mut txn = WriteTxn::begin(&self.config.xml_path, self.config.lock_timeout)?;
         let r = api::request::resolve_request(txn.doc(), raw)?;
-        let (body, events) = {
+        let (body, outcome) = {
             let handler = r.method.handler;
             let mut ctx = Ctx::new(
                 &self.config,
@@ -108,25 +109,42 @@ impl System {
                 DocRef::Write(txn.doc_mut()),
                 self.hv.as_ref(),
             );
-            let body = handler(&mut ctx)?;
-            (body, ctx.take_events())
+            let body = handler(&mut ctx);
+            (body, ctx.finish())
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                outcome.abort();
+                return Err(e);
+            }
         };
         // Events are appended right after the rename, still under the qubes.xml lock: the log's
         // order is the commit order, and a kill between the two is a matter of microseconds.
         let run_dir = &self.config.run_dir;
-        let logged = txn.commit_then(|| {
+        let events = &outcome.events;
+        let logged = match txn.commit_then(|| {
             if events.is_empty() {
                 Ok(0)
             } else {
-                events::append(run_dir, &events)
+                events::append(run_dir, events)
             }
-        })?;
+        }) {
+            Ok(l) => l,
+            Err(e) => {
+                outcome.abort();
+                return Err(e.into());
+            }
+        };
+        drop(txn);
+        for f in outcome.after_commit {
+            f();
+        }
         logged.map_err(|e| {
             ApiError::qubes(format!(
                 "the change was saved, but its events were not logged: {e}"
             ))
         })?;
-        drop(txn);
         Ok(body)
     }
 

@@ -6,12 +6,16 @@
 //! |---|---|
 //! | [`vmclass`] | `admin.vmclass.List` |
 //! | [`vm_list`] | `admin.vm.List` |
+//! | [`vm_create`] | `admin.vm.Create.*`, `admin.vm.CreateInPool.*`, `admin.vm.CreateDisposable` |
+//! | [`vm_remove`] | `admin.vm.Remove` |
 //! | [`vm_state`] | `admin.vm.CurrentState` |
 //! | [`label`] | `admin.label.*` |
 //! | [`property`] | `admin.property.*` and `admin.vm.property.*` (one set of handlers, two holders) |
 //! | [`vm_feature`] | `admin.vm.feature.*` |
 //! | [`vm_tag`] | `admin.vm.tag.*` |
 //! | [`vm_notes`] | `admin.vm.notes.*` |
+//! | [`pool`] | `admin.pool.*`, `admin.pool.volume.List` |
+//! | [`vm_volume`] | `admin.vm.volume.*` |
 //!
 //! To add a method: one row in [`table::METHODS`] and one handler in its family's module.
 
@@ -19,12 +23,16 @@ pub mod request;
 pub mod table;
 
 pub mod label;
+pub mod pool;
 pub mod property;
+pub mod vm_create;
 pub mod vm_feature;
 pub mod vm_list;
 pub mod vm_notes;
+pub mod vm_remove;
 pub mod vm_state;
 pub mod vm_tag;
+pub mod vm_volume;
 pub mod vmclass;
 
 pub use table::{

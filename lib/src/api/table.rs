@@ -5,7 +5,10 @@
 //! To add a method: add one row here and one handler in the module named after its family.
 
 use super::property::{OfQubes, OfVm};
-use super::{label, property, vm_feature, vm_list, vm_notes, vm_state, vm_tag, vmclass};
+use super::{
+    label, pool, property, vm_create, vm_feature, vm_list, vm_notes, vm_remove, vm_state, vm_tag,
+    vm_volume, vmclass,
+};
 use crate::error::ApiError;
 use crate::model::context::Ctx;
 
@@ -72,6 +75,12 @@ use DestRule::*;
 use Presence::*;
 use Scope::*;
 
+/// A row for a method that qrexec does not expose (no `/etc/qubes-rpc` entry; the reference
+/// installs none for `Create*.AdminVM`/`RemoteVM`, `Suspend`, `Resume`).
+const fn socket_only(m: Method) -> Method {
+    Method { qrexec: false, ..m }
+}
+
 const fn m(
     name: &'static str,
     dest: DestRule,
@@ -100,6 +109,28 @@ pub static METHODS: &[Method] = &[
     m("admin.vmclass.List",                           AdminVm,    Optional,  Forbidden, Global, Read,  vmclass::list),
     m("admin.vm.List",                                Any,        Forbidden, Forbidden, Global, Read,  vm_list::list),
     m("admin.vm.CurrentState",                        Any,        Forbidden, Forbidden, Local,  Read,  vm_state::current_state),
+    m("admin.vm.Create.AppVM",                        AdminVm,    Optional,  Optional,  Global, Write, vm_create::create),
+    m("admin.vm.Create.DispVM",                       AdminVm,    Optional,  Optional,  Global, Write, vm_create::create),
+    m("admin.vm.Create.StandaloneVM",                 AdminVm,    Optional,  Optional,  Global, Write, vm_create::create),
+    m("admin.vm.Create.TemplateVM",                   AdminVm,    Optional,  Optional,  Global, Write, vm_create::create),
+    socket_only(m("admin.vm.Create.AdminVM",          AdminVm,    Optional,  Optional,  Global, Write, vm_create::create)),
+    socket_only(m("admin.vm.Create.RemoteVM",         AdminVm,    Optional,  Optional,  Global, Write, vm_create::create)),
+    m("admin.vm.CreateInPool.AppVM",                  AdminVm,    Optional,  Optional,  Global, Write, vm_create::create_in_pool),
+    m("admin.vm.CreateInPool.DispVM",                 AdminVm,    Optional,  Optional,  Global, Write, vm_create::create_in_pool),
+    m("admin.vm.CreateInPool.StandaloneVM",           AdminVm,    Optional,  Optional,  Global, Write, vm_create::create_in_pool),
+    m("admin.vm.CreateInPool.TemplateVM",             AdminVm,    Optional,  Optional,  Global, Write, vm_create::create_in_pool),
+    socket_only(m("admin.vm.CreateInPool.AdminVM",    AdminVm,    Optional,  Optional,  Global, Write, vm_create::create_in_pool)),
+    socket_only(m("admin.vm.CreateInPool.RemoteVM",   AdminVm,    Optional,  Optional,  Global, Write, vm_create::create_in_pool)),
+    m("admin.vm.CreateDisposable",                    Any,        Optional,  Optional,  Global, Write, vm_create::create_disposable),
+    m("admin.vm.Remove",                              Any,        Forbidden, Forbidden, Global, Write, vm_remove::remove),
+    m("admin.pool.List",                              AdminVm,    Forbidden, Forbidden, Global, Read,  pool::list),
+    m("admin.pool.ListDrivers",                       AdminVm,    Forbidden, Forbidden, Global, Read,  pool::list_drivers),
+    m("admin.pool.Info",                              AdminVm,    Required,  Forbidden, Global, Read,  pool::info),
+    m("admin.pool.UsageDetails",                      AdminVm,    Required,  Forbidden, Global, Read,  pool::usage_details),
+    m("admin.pool.volume.List",                       AdminVm,    Required,  Forbidden, Global, Read,  pool::volume_list),
+    m("admin.vm.volume.List",                         Any,        Forbidden, Forbidden, Local,  Read,  vm_volume::list),
+    m("admin.vm.volume.Info",                         Any,        Required,  Forbidden, Local,  Read,  vm_volume::info),
+    m("admin.vm.volume.ListSnapshots",                Any,        Required,  Forbidden, Local,  Read,  vm_volume::list_snapshots),
     m("admin.label.List",                             AdminVm,    Optional,  Forbidden, Global, Read,  label::list),
     m("admin.label.Get",                              AdminVm,    Required,  Forbidden, Global, Read,  label::get),
     m("admin.label.Index",                            AdminVm,    Required,  Forbidden, Global, Read,  label::index),
@@ -314,17 +345,27 @@ mod tests {
             .iter()
             .copied()
             .filter(|n| {
-                n.starts_with("admin.vm.Create")
-                    || n.starts_with("admin.vm.volume.")
-                    || n.starts_with("admin.pool.")
+                (n.starts_with("admin.vm.volume.")
+                    && !matches!(
+                        *n,
+                        "admin.vm.volume.List"
+                            | "admin.vm.volume.Info"
+                            | "admin.vm.volume.ListSnapshots"
+                    ))
+                    || matches!(
+                        *n,
+                        "admin.pool.Add"
+                            | "admin.pool.Remove"
+                            | "admin.pool.Set.revisions_to_keep"
+                            | "admin.pool.Set.ephemeral_volatile"
+                    )
                     || n.starts_with("admin.vm.device")
                     || n.starts_with("admin.deviceclass.")
                     || n.starts_with("admin.vm.firewall.")
                     || n.starts_with("admin.backup.")
                     || matches!(
                         *n,
-                        "admin.vm.Remove"
-                            | "admin.vm.Start"
+                        "admin.vm.Start"
                             | "admin.vm.Shutdown"
                             | "admin.vm.Pause"
                             | "admin.vm.Unpause"

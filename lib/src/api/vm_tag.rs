@@ -2,10 +2,8 @@
 
 use crate::error::{ApiError, ExcType};
 use crate::model::context::Ctx;
-use crate::store::{Document, DomId};
+use crate::model::tags::{self, CREATED_BY};
 use crate::wire::names;
-
-const CREATED_BY: &str = "created-by-";
 
 fn not_found(vm: &str, tag: &str) -> ApiError {
     ApiError::new(
@@ -56,55 +54,9 @@ pub fn get(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
 pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     names::validate_tag(&ctx.arg)?;
     check_protected(ctx)?;
-    let dest = ctx.dest;
-    let vm = ctx.dest_name().to_string();
-    let tag = ctx.arg.clone();
-    let mut added = Vec::new();
-    add_tag(ctx.doc_mut()?, dest, &tag, &mut added)?;
-    for t in added {
-        ctx.emit(&vm, format!("domain-tag-add:{t}"), &[("tag", &t)]);
-    }
+    let (dest, tag) = (ctx.dest, ctx.arg.clone());
+    tags::add(ctx, dest, &tag)?;
     Ok(Vec::new())
-}
-
-/// Adds `tag` and what the `created-by-*` handler adds; `added` collects the new tags in the
-/// order their events fire (handler-added tags before the tag that caused them).
-pub fn add_tag(
-    doc: &mut Document,
-    id: DomId,
-    tag: &str,
-    added: &mut Vec<String>,
-) -> Result<(), ApiError> {
-    if !doc.data_mut(id)?.add_tag(tag) {
-        return Ok(());
-    }
-    if let Some(creator) = tag.strip_prefix(CREATED_BY) {
-        // The reference has no reply here (KeyError); we name the missing qube.
-        let creator_id = doc
-            .domain_by_name(creator)
-            .ok_or_else(|| ApiError::vm_not_found(creator))?;
-        let extra: Vec<String> = doc
-            .data(creator_id)?
-            .feature("tag-created-vm-with")
-            .unwrap_or_default()
-            .split(|c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c))
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect();
-        for t in extra {
-            if !t
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                return Err(ApiError::no_reply_in_reference(format!(
-                    "Invalid character in tag '{t}' (from feature tag-created-vm-with of {creator})"
-                )));
-            }
-            add_tag(doc, id, &t, added)?;
-        }
-    }
-    added.push(tag.to_string());
-    Ok(())
 }
 
 /// `admin.vm.tag.Remove`: `domain-tag-delete:<tag>`, or QubesTagNotFoundError.

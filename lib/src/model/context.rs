@@ -45,6 +45,25 @@ pub struct Ctx<'a> {
     hv: &'a dyn Hypervisor,
     runtime: OnceCell<Runtime>,
     events: Vec<Event>,
+    undo: Vec<Box<dyn FnOnce()>>,
+    after_commit: Vec<Box<dyn FnOnce()>>,
+}
+
+/// What a finished handler leaves for its caller to do: the events to log, work to undo if the
+/// call does not commit, and work to run after the commit, outside the qubes.xml lock.
+pub struct Outcome {
+    pub events: Vec<Event>,
+    pub undo: Vec<Box<dyn FnOnce()>>,
+    pub after_commit: Vec<Box<dyn FnOnce()>>,
+}
+
+impl Outcome {
+    /// The call failed or its commit did not happen: undo, newest first.
+    pub fn abort(self) {
+        for f in self.undo.into_iter().rev() {
+            f();
+        }
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -72,6 +91,8 @@ impl<'a> Ctx<'a> {
             hv,
             runtime: OnceCell::new(),
             events: Vec::new(),
+            undo: Vec::new(),
+            after_commit: Vec::new(),
         }
     }
 
@@ -117,8 +138,24 @@ impl<'a> Ctx<'a> {
         self.events.push(Event::new(subject, name, kwargs));
     }
 
-    pub(crate) fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
+    /// Registers work that undoes a side effect outside qubes.xml (files made) if the call
+    /// fails or does not commit.
+    pub fn on_undo(&mut self, f: impl FnOnce() + 'static) {
+        self.undo.push(Box::new(f));
+    }
+
+    /// Registers work to run once the call has committed, after the qubes.xml lock is released
+    /// (e.g. deleting a removed qube's images: slow, and its errors do not fail the call).
+    pub fn after_commit(&mut self, f: impl FnOnce() + 'static) {
+        self.after_commit.push(Box::new(f));
+    }
+
+    pub(crate) fn finish(self) -> Outcome {
+        Outcome {
+            events: self.events,
+            undo: self.undo,
+            after_commit: self.after_commit,
+        }
     }
 
     /// Name of the destination qube.

@@ -6,11 +6,17 @@
 //! * [`features`]: recursive feature lookups along the template/netvm chains.
 //! * [`labels`]: label lookup and legacy `label-N` references.
 //! * [`power_state`]: a qube's power state from its libvirt domain.
+//! * [`new_qube`]: identity, qubes.xml entry and disk of a new qube.
 //! * [`notes_sanitize`]: the reference's notes sanitiser.
+//! * [`tags`]: tag additions with their handlers.
+//! * [`volumes`]: a qube's volumes, the defaults of a new qube, Create and Remove on disk.
 
 pub mod context;
 pub mod features;
 pub mod labels;
+pub mod new_qube;
 pub mod notes_sanitize;
 pub mod power_state;
 pub mod props;
+pub mod tags;
+pub mod volumes;

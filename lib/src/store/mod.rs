@@ -113,22 +113,36 @@ pub fn failpoint(name: &str) {
 
 /// A random hex suffix for temp files (from /dev/urandom, else pid/time/counter hashing).
 fn random_suffix() -> String {
-    let mut b = [0u8; 8];
+    random_bytes::<8>()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Random bytes from `/dev/urandom` (temp names, UUIDs, disposable ids); where that cannot be
+/// read, a hash of the pid, a counter and the time (unpredictable enough for names, which
+/// `O_EXCL` makes safe anyway).
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
     let ok = File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
         .is_ok();
     if !ok {
         use std::hash::{BuildHasher, Hasher};
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.write_u64(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-            h.write_u128(t.as_nanos());
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        for chunk in b.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+                h.write_u128(t.as_nanos());
+            }
+            for (d, s) in chunk.iter_mut().zip(h.finish().to_le_bytes()) {
+                *d = s;
+            }
         }
-        b = h.finish().to_le_bytes();
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    b
 }
 
 fn dir_of(path: &Path) -> &Path {

@@ -7,9 +7,11 @@
 #   python3                         tests: a Python writer holding fcntl.lockf on qubes.xml
 #   hyperfine                       benchmarks
 #   btrfs-progs xfsprogs            tests: file-reflink pools on btrfs and xfs in loop devices
+#   lvm2 thin-provisioning-tools    tests: a real lvm_thin pool where the kernel has device-mapper
 set -euo pipefail
 PKGS=(build-essential libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu
-    libvirt-clients util-linux python3 hyperfine btrfs-progs xfsprogs)
+    libvirt-clients util-linux python3 hyperfine btrfs-progs xfsprogs
+    lvm2 thin-provisioning-tools)
 missing=()
 for p in "${PKGS[@]}"; do
     [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true) == installed ]] ||

@@ -1151,6 +1151,21 @@ fn remove() {
         "unexpected argument",
     );
 
+    // A reference in a qube the call does not otherwise parse (found by the byte prefilter).
+    let xml = t.xml().replacen(
+        "<property name=\"netvm\"></property>",
+        "<property name=\"netvm\">vm0009</property>",
+        1,
+    );
+    std::fs::write(t.sb.xml(), xml).unwrap();
+    t.err(
+        "admin.vm.Remove",
+        "vm0009",
+        b"",
+        "QubesVMInUseError",
+        &in_use("vm0009"),
+    );
+
     t.call("admin.vm.property.Set+installed_by_rpm", "vm0006", b"True");
     t.events();
     t.err(

@@ -3,8 +3,8 @@
 //! to one qube and one pool and is configured by the qube's `<volume-config>` ([`volume`]).
 //!
 //! The drivers ([`drivers`]) do the on-disk work behind one trait, [`Driver`]: `file-reflink`
-//! (files; reflink copies where the filesystem can, sparse copies elsewhere) and `linux-kernel`
-//! (the read-only kernels directory). This layer knows nothing of qubes beyond the configs it
+//! (files; reflink copies where the filesystem can, sparse copies elsewhere), `lvm_thin` (thin
+//! LVs through the LVM tools) and `linux-kernel` (the read-only kernels directory). This layer knows nothing of qubes beyond the configs it
 //! is handed; which volumes a qube has is the model's business (`model::volumes`).
 
 pub mod drivers;
@@ -180,6 +180,16 @@ impl Pool {
         let driver: Box<dyn Driver> = match p.driver.as_str() {
             "file-reflink" => Box::new(drivers::reflink::Reflink::new(dir()?)),
             "linux-kernel" => Box::new(drivers::kernel::LinuxKernel::new(dir()?)),
+            "lvm_thin" => {
+                let need = |k: &str| {
+                    attr(k)
+                        .ok_or_else(|| StorageError::Pool(format!("pool '{}' has no {k}", p.name)))
+                };
+                Box::new(drivers::lvm::ThinPool::new(
+                    need("volume_group")?,
+                    need("thin_pool")?,
+                ))
+            }
             other => Box::new(drivers::Unsupported::new(other, attr("dir_path"))),
         };
         Ok(Pool {

@@ -434,6 +434,18 @@ impl Document {
         }
     }
     /// Parses the domain on first use.
+    /// Whether the domain's stored form may contain `needle`: a byte search of its source
+    /// while it is unparsed (cheap: no parse), `true` once it is parsed or new (the caller then
+    /// looks at [`Document::data`]). For scans that visit every domain for a rare match.
+    pub fn may_contain(&self, id: DomId, needle: &[u8]) -> bool {
+        match self.doms.get(id.0) {
+            Some(d) if d.data.get().is_none() => d
+                .span
+                .is_none_or(|sp| memchr::memmem::find(sp.of(&self.src), needle).is_some()),
+            _ => true,
+        }
+    }
+
     pub fn data(&self, id: DomId) -> Result<&DomainData, StoreError> {
         let Some(d) = self.doms.get(id.0) else {
             return Err(StoreError::Parse(format!("no domain with handle {}", id.0)));

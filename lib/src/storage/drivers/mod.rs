@@ -1,14 +1,14 @@
 //! The storage drivers, one module each.
 
 pub mod kernel;
+pub mod lvm;
 pub mod reflink;
 
 use std::path::{Path, PathBuf};
 
 use super::{statvfs_usage, Driver, StorageError, VolumeConfig};
 
-/// A pool whose driver this build does not implement yet (`file`, `lvm_thin`, `callback`,
-/// `zfs`): its configuration is listed and its filesystem usage reported; every volume
+/// A pool whose driver this build does not implement yet (`file`, `callback`, `zfs`): its configuration is listed and its filesystem usage reported; every volume
 /// operation is refused with a clear error rather than answered with guessed values.
 pub struct Unsupported {
     driver: String,

@@ -1236,3 +1236,92 @@ fn create_and_remove_as_qrexec_services() {
         t.sb.exec_service("admin.vm.volume.List+", "dom0", "vm0001", b"");
     assert_eq!(out.stdout, b"0\0root\nprivate\nvolatile\nkernel\n");
 }
+
+/// The volume lifecycle a Start and a stop run (library functions until the lifecycle calls
+/// land): verify, start (snapshot of the template's root, the private working copy, a fresh
+/// volatile; running-state files), stop (private committed with a revision, the rest gone).
+#[test]
+fn volume_start_and_stop_cycle() {
+    use qubes_admin::model::volumes::{start_storage, stop_storage};
+    use qubes_admin::storage::{volume::parse_volume_config, Pool};
+    let t = T::new();
+    let base = t.base();
+    let run = t.sb.run_dir();
+    t.ok(
+        "admin.vm.Create.TemplateVM",
+        "dom0",
+        b"name=tpl label=black",
+        "",
+    );
+    t.ok(
+        "admin.vm.Create.AppVM+tpl",
+        "dom0",
+        b"name=a1 label=red",
+        "",
+    );
+    let doc = qubes_admin::store::load(&t.sb.xml()).unwrap().0;
+    let id = doc.domain_by_name("a1").unwrap();
+    let raw = doc.data(id).unwrap().raw_elements();
+    let vols: Vec<_> =
+        parse_volume_config(raw.iter().find(|(n, _)| *n == "volume-config").unwrap().1)
+            .into_iter()
+            .filter(|v| v.name != "kernel")
+            .collect();
+    let pools = Pool::open_all(doc.pools());
+    let dir = base.join("appvms/a1");
+
+    // A missing qube directory is refused before anything starts.
+    let gone = base.join("appvms/nosuch");
+    let e = start_storage(&run, &gone, &pools, &vols).unwrap_err();
+    assert_eq!(
+        e.msg,
+        format!("VM directory does not exist: {}", gone.display())
+    );
+
+    start_storage(&run, &dir, &pools, &vols).unwrap();
+    assert_eq!(
+        tree(&dir),
+        [
+            ("private-dirty.img".into(), 2 * GIB),
+            ("private.img".into(), 2 * GIB),
+            ("root-dirty.img".into(), 10 * GIB),
+            ("root.img".into(), 10 * GIB),
+            ("volatile-dirty.img".into(), 10 * GIB),
+        ]
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("root.img")).unwrap().ino(),
+        std::fs::metadata(base.join("vm-templates/tpl/root.img"))
+            .unwrap()
+            .ino(),
+        "the snapshot holds a hardlink of the template's root"
+    );
+    let mut state: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("volume-running-"))
+        .collect();
+    state.sort();
+    assert_eq!(
+        state,
+        [
+            "volume-running-varlibqubes:appvms-a1-private",
+            "volume-running-varlibqubes:appvms-a1-root",
+            "volume-running-varlibqubes:appvms-a1-volatile"
+        ]
+    );
+    assert!(stop_storage(&run, &pools, &vols).is_empty());
+    let files: Vec<String> = tree(&dir).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files[0], "private-precache.img");
+    assert_eq!(files[1], "private.img");
+    assert!(
+        files[2].starts_with("private.img.1@") && files[2].ends_with('Z'),
+        "{files:?}"
+    );
+    assert!(!std::fs::read_dir(&run).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("volume-running-")));
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A stand-in for the LVM tools the lvm_thin driver runs (lvs, lvcreate, lvremove), for machines
+"""A stand-in for the LVM tools the lvm_thin driver runs, for machines
 without device-mapper. Installed under the tools' names first in PATH by tests/storage_lvm.rs.
 
+* Tools: lvs, lvcreate (--thin, --snapshot), lvremove, lvrename, lvchange.
 * State: $FAKE_LVM_STATE, a JSON list of LVs ({vg, pool, name, size, data, attr, origin,
   meta_size, meta_pct}); a thin pool has attr "twi-…" and pool "".
 * Every call is appended to $FAKE_LVM_LOG as one JSON array (argv with the tool's name first),
@@ -76,6 +77,40 @@ def main():
                     "attr": "Vwi-a-tz--", "origin": "", "meta_size": 0, "meta_pct": ""})
         save()
         print("  Logical volume \"%s\" created." % name)
+    elif tool == "lvcreate" and "--snapshot" in args:
+        if len(args) != 7 or args[:5] != ["--setactivationskip=n", "--activate=y", "--snapshot",
+                                          "--type=thin", args[4]] or args[3] != "--type=thin" \
+                or not args[4].startswith("--name=") or args[5] != "--":
+            refuse("lvcreate --snapshot")
+        origin = find(args[6])
+        if origin is None:
+            fail("Failed to find logical volume \"%s\"" % args[6])
+        vid = args[4][len("--name="):]
+        vg, _, name = vid.rpartition("/")
+        if vg not in ("", origin["vg"]):
+            refuse("snapshot into another volume group")
+        if find(origin["vg"] + "/" + name):
+            fail("Logical Volume \"%s\" already exists in volume group \"%s\"" % (name, origin["vg"]))
+        lvs.append(dict(origin, name=name, origin=origin["name"], attr="Vwi-a-tz--"))
+        save()
+        print("  Logical volume \"%s\" created." % name)
+    elif tool == "lvrename":
+        if len(args) != 3 or args[0] != "--":
+            refuse("lvrename")
+        lv = find(args[1])
+        if lv is None:
+            fail("Existing logical volume \"%s\" not found in volume group" % args[1])
+        vg, _, name = args[2].partition("/")
+        if vg != lv["vg"]:
+            refuse("lvrename across volume groups")
+        lv["name"] = name
+        save()
+        print("  Renamed \"%s\" to \"%s\" in volume group \"%s\"" % (args[1], name, vg))
+    elif tool == "lvchange":
+        if len(args) != 3 or args[:2] != ["--activate=y", "--"]:
+            refuse("lvchange")
+        if find(args[2]) is None:
+            fail("Failed to find logical volume \"%s\"" % args[2])
     elif tool == "lvremove":
         if len(args) != 3 or args[:2] != ["--force", "--"] or "/" not in args[2]:
             refuse("lvremove")

@@ -14,6 +14,8 @@
     clippy::panic
 )]
 
+pub mod lvm;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -365,3 +365,62 @@ pub fn enforce_volume<'v>(
         )
     })
 }
+
+fn pool_of<'p>(pools: &'p [Pool], v: &VolumeConfig) -> Result<&'p Pool, ApiError> {
+    find_pool(pools, &v.pool)
+}
+
+/// `Storage.start` (§B.5): the qube's directory must exist (`QubesVMError "VM directory does
+/// not exist: <dir>"`), every volume must verify, then every volume starts and the running-state
+/// files (`<run_dir>/volume-running-…`) are written. A volume that fails to start stops the
+/// ones started before it.
+pub fn start_storage(
+    run_dir: &std::path::Path,
+    dir: &std::path::Path,
+    pools: &[Pool],
+    vols: &[VolumeConfig],
+) -> Result<(), ApiError> {
+    if !dir.is_dir() {
+        return Err(ApiError::new(
+            ExcType::QubesVMError,
+            format!("VM directory does not exist: {}", dir.display()),
+        ));
+    }
+    for v in vols {
+        pool_of(pools, v)?.driver().verify(v)?;
+    }
+    for (i, v) in vols.iter().enumerate() {
+        if let Err(e) = pool_of(pools, v).and_then(|p| Ok(p.driver().start(v)?)) {
+            let started = vols.get(..i).unwrap_or_default();
+            stop_storage(run_dir, pools, started);
+            return Err(e);
+        }
+    }
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| ApiError::qubes(format!("{}: {e}", run_dir.display())))?;
+    for v in vols {
+        let f = run_dir.join(crate::storage::running_state_file(&v.pool, &v.vid));
+        std::fs::write(&f, b"").map_err(|e| ApiError::qubes(format!("{}: {e}", f.display())))?;
+    }
+    Ok(())
+}
+
+/// `Storage.stop`: stops every volume and removes the running-state files. Errors are reported
+/// (stderr) and returned, but do not stop the others, as the reference only logs them.
+pub fn stop_storage(
+    run_dir: &std::path::Path,
+    pools: &[Pool],
+    vols: &[VolumeConfig],
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for v in vols {
+        let r = pool_of(pools, v).and_then(|p| Ok(p.driver().stop(v)?));
+        if let Err(e) = r {
+            eprintln!("qubes-admin: stopping volume {}: {}", v.vid, e.msg);
+            errors.push(e.msg);
+        }
+        let _ =
+            std::fs::remove_file(run_dir.join(crate::storage::running_state_file(&v.pool, &v.vid)));
+    }
+    errors
+}

@@ -119,6 +119,14 @@ pub trait Driver {
     fn create(&self, vol: &VolumeConfig) -> Result<(), StorageError>;
     /// Deletes every image of the volume.
     fn remove(&self, vol: &VolumeConfig) -> Result<(), StorageError>;
+    /// Checks that what a start needs exists (`StoragePoolException "Missing image file: …"`).
+    fn verify(&self, vol: &VolumeConfig) -> Result<(), StorageError>;
+    /// Prepares the volume for its starting qube (§B.5): a fresh copy of a snapshot's source,
+    /// the working copy of an origin, a new volatile image.
+    fn start(&self, vol: &VolumeConfig) -> Result<(), StorageError>;
+    /// After the qube stopped: commits an origin (the old state becomes a revision, revisions
+    /// beyond `revisions_to_keep` go), discards snapshot and volatile images.
+    fn stop(&self, vol: &VolumeConfig) -> Result<(), StorageError>;
     /// Size in bytes: the real image's, else the configured one.
     fn size(&self, vol: &VolumeConfig) -> Result<u64, StorageError>;
     /// Bytes in use on disk (0 if unknown).
@@ -279,6 +287,37 @@ fn realpath(p: &Path) -> PathBuf {
     })
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of a unix time: revision timestamps.
+pub fn iso_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The name of the file that marks a volume as in use by a running qube:
+/// `volume-running-<pool>:<vid>` with every `-` doubled, then every `/` written `-`.
+pub fn running_state_file(pool: &str, vid: &str) -> String {
+    format!(
+        "volume-running-{}",
+        format!("{pool}:{vid}").replace('-', "--").replace('/', "-")
+    )
+}
+
 /// `data_size`/`data_usage` of the filesystem holding `dir` (statvfs); empty if it is missing.
 pub fn statvfs_usage(dir: &Path) -> Vec<(&'static str, u64)> {
     match nix::sys::statvfs::statvfs(dir) {
@@ -339,6 +378,21 @@ mod tests {
         .unwrap();
         assert_eq!(k.revisions_to_keep(), 0);
         assert!(Pool::open(&pool("broken", "file-reflink", &[])).is_err());
+    }
+
+    #[test]
+    fn state_files_and_dates() {
+        assert_eq!(
+            running_state_file("varlibqubes", "appvms/work/private"),
+            "volume-running-varlibqubes:appvms-work-private"
+        );
+        assert_eq!(
+            running_state_file("lvm", "qubes_dom0/vm-sys-net-root"),
+            "volume-running-lvm:qubes_dom0-vm--sys--net--root"
+        );
+        assert_eq!(iso_utc(1_700_000_000), "2023-11-14T22:13:20");
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00");
+        assert_eq!(iso_utc(951_782_400), "2000-02-29T00:00:00");
     }
 
     #[test]

@@ -27,6 +27,23 @@ impl Driver for LinuxKernel {
     fn remove(&self, _vol: &VolumeConfig) -> Result<(), StorageError> {
         Ok(())
     }
+    /// The kernel must be there (`<dir>/<version>/vmlinuz`); no kernel is fine.
+    fn verify(&self, vol: &VolumeConfig) -> Result<(), StorageError> {
+        let vmlinuz = self.dir.join(&vol.vid).join("vmlinuz");
+        if vol.vid.is_empty() || vmlinuz.exists() {
+            return Ok(());
+        }
+        Err(StorageError::Pool(format!(
+            "Missing kernel file: {}",
+            crate::wire::python::repr(&vmlinuz.to_string_lossy())
+        )))
+    }
+    fn start(&self, _vol: &VolumeConfig) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn stop(&self, _vol: &VolumeConfig) -> Result<(), StorageError> {
+        Ok(())
+    }
     fn size(&self, _vol: &VolumeConfig) -> Result<u64, StorageError> {
         Ok(0)
     }

@@ -12,10 +12,11 @@
 //! commands run as `sudo --non-interactive` when not root. Tests put stand-ins for the tools
 //! first in `PATH`.
 
-use std::cell::OnceCell;
+use std::cell::RefCell;
 use std::process::Command;
+use std::rc::Rc;
 
-use crate::storage::{Driver, StorageError, VolumeConfig};
+use crate::storage::{iso_utc, Driver, StorageError, VolumeConfig};
 
 /// The reference's `lvs` call: every LV with its pool, size, usage, attributes and origin.
 pub const LVS: &[&str] = &[
@@ -118,32 +119,11 @@ fn mapper_path(vid: &str) -> String {
     )
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` (UTC) of a unix time.
-pub fn iso_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 pub struct ThinPool {
     vg: String,
     thin_pool: String,
-    cache: OnceCell<Result<Vec<LvInfo>, String>>,
+    /// What `lvs` said, until a command of ours changes the LVs.
+    cache: RefCell<Option<Result<Rc<Vec<LvInfo>>, String>>>,
 }
 
 impl ThinPool {
@@ -151,7 +131,7 @@ impl ThinPool {
         ThinPool {
             vg: vg.to_string(),
             thin_pool: thin_pool.to_string(),
-            cache: OnceCell::new(),
+            cache: RefCell::new(None),
         }
     }
 
@@ -160,20 +140,25 @@ impl ThinPool {
         format!("{}/{}", self.vg, self.thin_pool)
     }
 
-    /// The LVs, read once per process.
-    fn lvs(&self) -> Result<&[LvInfo], StorageError> {
-        self.cache
-            .get_or_init(|| {
-                run(&strings(LVS))
-                    .map(|o| parse_lvs(&o))
-                    .map_err(|e| e.to_string())
-            })
-            .as_deref()
-            .map_err(|e| StorageError::Pool(e.clone()))
+    /// The LVs, read once and again after each change.
+    fn lvs(&self) -> Result<Rc<Vec<LvInfo>>, StorageError> {
+        let mut cache = self.cache.borrow_mut();
+        let r = cache.get_or_insert_with(|| {
+            run(&strings(LVS))
+                .map(|o| Rc::new(parse_lvs(&o)))
+                .map_err(|e| e.to_string())
+        });
+        r.clone().map_err(StorageError::Pool)
     }
 
-    fn lv(&self, vid: &str) -> Option<&LvInfo> {
-        self.lvs().ok()?.iter().find(|l| l.vid == vid)
+    fn lv(&self, vid: &str) -> Option<LvInfo> {
+        self.lvs().ok()?.iter().find(|l| l.vid == vid).cloned()
+    }
+
+    /// Runs an LVM command that changes the LVs; the next read asks `lvs` again.
+    fn change(&self, argv: &[&str]) -> Result<(), StorageError> {
+        *self.cache.borrow_mut() = None;
+        run(&strings(argv)).map(|_| ())
     }
 
     /// The LV holding the current state: the volume's own, else its newest revision.
@@ -190,9 +175,8 @@ impl ThinPool {
     /// Revisions in id (time) order.
     fn revisions_of(&self, vid: &str) -> Vec<(String, String)> {
         let prefix = format!("{vid}-");
-        let mut revs: Vec<(i64, String)> = self
-            .lvs()
-            .unwrap_or_default()
+        let lvs = self.lvs().unwrap_or_default();
+        let mut revs: Vec<(i64, String)> = lvs
             .iter()
             .filter_map(|l| l.vid.strip_prefix(&prefix))
             .filter_map(|rest| {
@@ -206,7 +190,7 @@ impl ThinPool {
     }
 
     fn lvremove(&self, vid: &str) -> Result<(), StorageError> {
-        run(&strings(&["lvremove", "--force", "--", vid])).map(|_| ())
+        self.change(&["lvremove", "--force", "--", vid])
     }
 }
 
@@ -244,7 +228,8 @@ impl Driver for ThinPool {
                 &self.pool_id(),
             ]),
         };
-        run(&argv).map(|_| ())
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.change(&argv)
     }
 
     /// Removes the running copy, an import in progress, every revision, then the volume.
@@ -264,6 +249,91 @@ impl Driver for ThinPool {
         }
         for v in doomed {
             self.lvremove(&v)?;
+        }
+        Ok(())
+    }
+
+    /// Origin and snapshot volumes need their LV (a snapshot: its source's).
+    fn verify(&self, vol: &VolumeConfig) -> Result<(), StorageError> {
+        if vol.is_volatile() {
+            return Ok(());
+        }
+        self.lvs()?;
+        let vid = vol.source.clone().unwrap_or_else(|| self.current(&vol.vid));
+        match self.lv(&vid) {
+            Some(_) => Ok(()),
+            None => Err(StorageError::Pool(format!("volume {vid} missing"))),
+        }
+    }
+
+    /// Origin and snapshot volumes: a fresh `-snap` clone of the current state (of the source,
+    /// for a snapshot); a dirty origin is only activated. Volatile: removed and made anew.
+    fn start(&self, vol: &VolumeConfig) -> Result<(), StorageError> {
+        let snap = format!("{}-snap", vol.vid);
+        if vol.is_volatile() {
+            let _ = self.lvremove(&vol.vid);
+            let lv = vol.vid.split_once('/').map_or(vol.vid.as_str(), |(_, l)| l);
+            return self.change(&[
+                "lvcreate",
+                "--thin",
+                "--setactivationskip=n",
+                "--activate=y",
+                &format!("--name={lv}"),
+                &format!("--virtualsize={}B", vol.size),
+                "--",
+                &self.pool_id(),
+            ]);
+        }
+        if vol.save_on_stop && self.lv(&snap).is_some() {
+            return self.change(&["lvchange", "--activate=y", "--", &snap]);
+        }
+        // A stale running copy from an unclean stop goes first (an error: there was none).
+        let _ = self.lvremove(&snap);
+        let origin = match &vol.source {
+            Some(src) => self.current(src),
+            None => self.current(&vol.vid),
+        };
+        self.change(&[
+            "lvcreate",
+            "--setactivationskip=n",
+            "--activate=y",
+            "--snapshot",
+            "--type=thin",
+            &format!("--name={snap}"),
+            "--",
+            &origin,
+        ])
+    }
+
+    /// Origin: commit (the current LV becomes revision `-<now>-back`, `-snap` takes the base
+    /// name, revisions beyond `revisions_to_keep` go). Snapshot: `-snap` removed. Volatile: the
+    /// LV removed.
+    fn stop(&self, vol: &VolumeConfig) -> Result<(), StorageError> {
+        let snap = format!("{}-snap", vol.vid);
+        if !vol.save_on_stop {
+            let doomed = if vol.snap_on_start { &snap } else { &vol.vid };
+            return self.lvremove(doomed);
+        }
+        if self.lv(&snap).is_none() {
+            return Ok(());
+        }
+        if self.current(&vol.vid) == vol.vid {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.change(&[
+                "lvrename",
+                "--",
+                &vol.vid,
+                &format!("{}-{now}-back", vol.vid),
+            ])?;
+        }
+        self.change(&["lvrename", "--", &snap, &vol.vid])?;
+        self.change(&["lvchange", "--activate=y", "--", &vol.vid])?;
+        let revs = self.revisions_of(&vol.vid);
+        let keep = usize::try_from(vol.revisions_to_keep.max(0)).unwrap_or(0);
+        for (id, _) in revs.iter().take(revs.len().saturating_sub(keep)) {
+            let _ = self.lvremove(&format!("{}-{id}", vol.vid));
         }
         Ok(())
     }
@@ -311,6 +381,7 @@ impl Driver for ThinPool {
     /// `lvs` does not list it).
     fn usage_details(&self) -> Vec<(&'static str, u64)> {
         let pool = self.lv(&self.pool_id());
+        let pool = pool.as_ref();
         vec![
             ("data_size", pool.map_or(0, |p| p.size)),
             ("data_usage", pool.map_or(0, |p| p.usage)),
@@ -330,7 +401,7 @@ impl Driver for ThinPool {
     fn list_volumes(&self) -> Option<Vec<String>> {
         let prefix = format!("{}/", self.vg);
         let mut out: Vec<String> = Vec::new();
-        for l in self.lvs().ok()? {
+        for l in self.lvs().ok()?.iter() {
             if !l.vid.starts_with(&prefix)
                 || l.pool_lv != self.thin_pool
                 || ["-snap", "-import", "-back"]
@@ -376,13 +447,10 @@ qubes_dom0;vm-pool;vm-work-private-snap;2147483648B;11.00;Vwi-aotz--;vm-work-pri
     }
 
     #[test]
-    fn paths_and_dates() {
+    fn mapper_paths() {
         assert_eq!(
             mapper_path("qubes_dom0/vm-work-private"),
             "/dev/mapper/qubes_dom0-vm--work--private"
         );
-        assert_eq!(iso_utc(1_700_000_000), "2023-11-14T22:13:20");
-        assert_eq!(iso_utc(0), "1970-01-01T00:00:00");
-        assert_eq!(iso_utc(951_782_400), "2000-02-29T00:00:00");
     }
 }

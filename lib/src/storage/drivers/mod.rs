@@ -41,6 +41,15 @@ impl Driver for Unsupported {
     fn remove(&self, _vol: &VolumeConfig) -> Result<(), StorageError> {
         Err(self.refuse("remove volumes yet"))
     }
+    fn verify(&self, _vol: &VolumeConfig) -> Result<(), StorageError> {
+        Err(self.refuse("start volumes yet"))
+    }
+    fn start(&self, _vol: &VolumeConfig) -> Result<(), StorageError> {
+        Err(self.refuse("start volumes yet"))
+    }
+    fn stop(&self, _vol: &VolumeConfig) -> Result<(), StorageError> {
+        Err(self.refuse("stop volumes yet"))
+    }
     fn size(&self, _vol: &VolumeConfig) -> Result<u64, StorageError> {
         Err(self.refuse("report volume sizes yet"))
     }

@@ -108,6 +108,71 @@ impl Reflink {
             .collect()
     }
 
+    /// `P.img.<N>@<time>Z`.
+    fn revision_path(&self, vol: &VolumeConfig, n: i64, ts: &str) -> PathBuf {
+        self.with_suffix(vol, &format!(".img.{n}@{ts}Z"))
+    }
+
+    /// The clean image of the volume with vid `vid` in this pool (a snapshot's source).
+    fn clean_of(&self, vid: &str) -> PathBuf {
+        let mut p = self.dir.join(vid).into_os_string();
+        p.push(".img");
+        PathBuf::from(p)
+    }
+
+    fn is_dirty(&self, vol: &VolumeConfig) -> bool {
+        vol.is_origin() && self.dirty(vol).exists()
+    }
+
+    /// Removes the revisions but the newest `keep` (all of them for `keep <= 0`).
+    fn prune_revisions(&self, vol: &VolumeConfig, keep: i64) -> Result<(), StorageError> {
+        let revs = self.revisions(vol)?;
+        let keep = usize::try_from(keep.max(0)).unwrap_or(0);
+        let drop = revs.len().saturating_sub(keep);
+        for (id, ts) in revs.iter().take(drop) {
+            let n = crate::wire::python::int(id, 10).unwrap_or(0);
+            remove_if_exists(&self.revision_path(vol, n, ts))?;
+        }
+        Ok(())
+    }
+
+    /// Temp files and an interrupted import: what a start clears first.
+    fn remove_leftovers(&self, vol: &VolumeConfig) -> Result<(), StorageError> {
+        let import = self.import(vol);
+        for p in self.all_images(vol) {
+            let temp = p.to_string_lossy().contains('~');
+            if temp || p == import {
+                remove_if_exists(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commit: the clean image becomes revision N+1 (unless no revisions are kept), revisions
+    /// are pruned, the working copy becomes the clean image, and a new precache is made.
+    fn commit(&self, vol: &VolumeConfig, from: &Path) -> Result<(), StorageError> {
+        let clean = self.clean(vol);
+        if vol.revisions_to_keep != 0 {
+            if let Ok(m) = fs::metadata(&clean) {
+                let next = self
+                    .revisions(vol)?
+                    .last()
+                    .and_then(|(id, _)| crate::wire::python::int(id, 10))
+                    .unwrap_or(0)
+                    + 1;
+                let ts = crate::storage::iso_utc(m.mtime());
+                copy_file(&clean, &self.revision_path(vol, next, &ts), true)?;
+            }
+        }
+        self.prune_revisions(vol, vol.revisions_to_keep)?;
+        File::open(from)
+            .and_then(|f| f.sync_all())
+            .map_err(StorageError::io(from))?;
+        rename_synced(from, &clean)?;
+        copy_file(&clean, &self.precache(vol), true)?;
+        Ok(())
+    }
+
     fn remove_all_images(&self, vol: &VolumeConfig) -> Result<(), StorageError> {
         for p in self.all_images(vol) {
             match fs::remove_file(&p) {
@@ -134,6 +199,38 @@ fn revision_of<'n>(stem: &str, name: &'n str) -> Option<(&'n str, &'n str)> {
             _ => true,
         });
     (!id.is_empty() && shape).then_some((id, ts))
+}
+
+fn remove_if_exists(p: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io(p)(e)),
+    }
+}
+
+/// `rename`, then fsync of the directory.
+fn rename_synced(from: &Path, to: &Path) -> Result<(), StorageError> {
+    fs::rename(from, to).map_err(StorageError::io(to))?;
+    let dir = to.parent().unwrap_or(Path::new("/"));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io(dir))
+}
+
+/// Replaces `link` with a hardlink to `target`, atomically (a temp name, then rename).
+fn hardlink(target: &Path, link: &Path) -> Result<(), StorageError> {
+    let mut tmp = link.as_os_str().to_os_string();
+    tmp.push(format!("~{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    if let Some(dir) = link.parent() {
+        fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
+    }
+    remove_if_exists(&tmp)?;
+    fs::hard_link(target, &tmp).map_err(StorageError::io(link))?;
+    rename_synced(&tmp, link).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 /// A new sparse file of `size` bytes at `path` (mode 0600), written atomically.
@@ -261,6 +358,81 @@ impl Driver for Reflink {
         Ok(())
     }
 
+    /// An origin needs its clean image, a snapshot its source's.
+    fn verify(&self, vol: &VolumeConfig) -> Result<(), StorageError> {
+        let need = if vol.snap_on_start {
+            vol.source.as_deref().map(|s| self.clean_of(s))
+        } else if vol.is_origin() {
+            Some(self.clean(vol))
+        } else {
+            None
+        };
+        match need {
+            Some(p) if !p.exists() && !self.is_dirty(vol) => Err(StorageError::Pool(format!(
+                "Missing image file: {}",
+                crate::wire::python::repr(&p.to_string_lossy())
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn start(&self, vol: &VolumeConfig) -> Result<(), StorageError> {
+        self.remove_leftovers(vol)?;
+        let dirty = self.dirty(vol);
+        if vol.is_origin() && vol.revisions_to_keep == -1 {
+            // Snapshots disabled: the qube writes to the committed image itself.
+            self.prune_revisions(vol, 0)?;
+            remove_if_exists(&self.precache(vol))?;
+            if !dirty.exists() {
+                rename_synced(&self.clean(vol), &dirty)?;
+            }
+            return Ok(());
+        }
+        if self.is_dirty(vol) {
+            // Not cleanly stopped: the working copy is used as it is.
+            return Ok(());
+        }
+        if vol.snap_on_start {
+            let source = vol
+                .source
+                .as_deref()
+                .ok_or_else(|| StorageError::Pool(format!("{} has no source", vol.vid)))?;
+            let clean = self.clean(vol);
+            hardlink(&self.clean_of(source), &clean)?;
+            copy_file(&clean, &dirty, false)?;
+        } else if vol.is_origin() {
+            let (clean, precache) = (self.clean(vol), self.precache(vol));
+            let current = match (fs::metadata(&precache), fs::metadata(&clean)) {
+                (Ok(p), Ok(c)) => p.len() == c.len() && p.modified().ok() == c.modified().ok(),
+                _ => false,
+            };
+            if current {
+                rename_synced(&precache, &dirty)?;
+            } else {
+                remove_if_exists(&precache)?;
+                copy_file(&clean, &dirty, false)?;
+            }
+        } else {
+            create_sparse(&dirty, vol.size)?;
+        }
+        Ok(())
+    }
+
+    fn stop(&self, vol: &VolumeConfig) -> Result<(), StorageError> {
+        let dirty = self.dirty(vol);
+        if vol.is_origin() {
+            if !dirty.exists() {
+                return Ok(());
+            }
+            if vol.revisions_to_keep == -1 {
+                return rename_synced(&dirty, &self.clean(vol));
+            }
+            return self.commit(vol, &dirty);
+        }
+        remove_if_exists(&dirty)?;
+        remove_if_exists(&self.clean(vol))
+    }
+
     fn size(&self, vol: &VolumeConfig) -> Result<u64, StorageError> {
         Ok(size_of(&self.dirty(vol))
             .or_else(|| size_of(&self.clean(vol)))
@@ -306,9 +478,10 @@ impl Driver for Reflink {
         let (true, Some(src)) = (vol.snap_on_start, &vol.source) else {
             return false;
         };
-        let mut src_clean = self.dir.join(src).into_os_string();
-        src_clean.push(".img");
-        match (fs::metadata(src_clean), fs::metadata(self.clean(vol))) {
+        match (
+            fs::metadata(self.clean_of(src)),
+            fs::metadata(self.clean(vol)),
+        ) {
             (Ok(a), Ok(b)) => a.ino() != b.ino(),
             _ => false,
         }
@@ -419,6 +592,150 @@ mod tests {
         fs::remove_file(dir.join("root.img")).unwrap();
         r.remove(&volatile).unwrap();
         assert!(!dir.exists(), "the empty qube directory is pruned");
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// An origin through two start/stop cycles: the precache becomes the working copy, a stop
+    /// commits it, the old state becomes a revision, revisions beyond revisions_to_keep go.
+    #[test]
+    fn origin_start_stop_commit_and_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Reflink::new(d.path().to_path_buf());
+        let v = vol("appvms/w/private", true, false, 1 << 20);
+        let dir = d.path().join("appvms/w");
+        r.create(&v).unwrap();
+        r.verify(&v).unwrap();
+        fs::write(dir.join("private.img~leftover"), b"").unwrap();
+        r.start(&v).unwrap();
+        assert_eq!(
+            names(&dir),
+            ["private-dirty.img", "private.img"],
+            "precache used, leftovers gone"
+        );
+        assert!(r.is_dirty(&v));
+        File::options()
+            .write(true)
+            .open(dir.join("private-dirty.img"))
+            .unwrap()
+            .write_all_at(b"one", 0)
+            .unwrap();
+        r.stop(&v).unwrap();
+        let n = names(&dir);
+        assert_eq!(n.len(), 3, "{n:?}");
+        assert!(
+            n[0] == "private-precache.img"
+                && n[1] == "private.img"
+                && n[2].starts_with("private.img.1@"),
+            "{n:?}"
+        );
+        assert_eq!(&fs::read(dir.join("private.img")).unwrap()[..3], b"one");
+        assert_eq!(
+            fs::read(dir.join(&n[2])).unwrap(),
+            vec![0u8; 1 << 20],
+            "revision 1 is the old state"
+        );
+        // Second cycle: revision 2 is the "one" state; revision 1 is pruned (keep 1).
+        r.start(&v).unwrap();
+        File::options()
+            .write(true)
+            .open(dir.join("private-dirty.img"))
+            .unwrap()
+            .write_all_at(b"two", 0)
+            .unwrap();
+        r.stop(&v).unwrap();
+        let revs = r.revisions(&v).unwrap();
+        assert_eq!(revs.len(), 1);
+        assert_eq!(revs[0].0, "2");
+        let rev2 = r.revision_path(&v, 2, &revs[0].1);
+        assert_eq!(&fs::read(rev2).unwrap()[..3], b"one");
+        assert_eq!(&fs::read(dir.join("private.img")).unwrap()[..3], b"two");
+        // revisions_to_keep 0: no revision at all.
+        let v0 = VolumeConfig {
+            revisions_to_keep: 0,
+            ..v.clone()
+        };
+        r.start(&v0).unwrap();
+        r.stop(&v0).unwrap();
+        assert!(r.revisions(&v0).unwrap().is_empty());
+    }
+
+    /// A snapshot is a hardlink of its source's clean image plus a working copy; it becomes
+    /// outdated when the source commits; a stop discards both. A volatile image is made anew.
+    #[test]
+    fn snapshot_and_volatile_cycle() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Reflink::new(d.path().to_path_buf());
+        let src = vol("vm-templates/t/root", true, false, 1 << 20);
+        r.create(&src).unwrap();
+        let snap = VolumeConfig {
+            source: Some("vm-templates/t/root".into()),
+            ..vol("appvms/a/root", false, true, 1 << 20)
+        };
+        assert!(r.verify(&snap).is_ok());
+        r.start(&snap).unwrap();
+        let dir = d.path().join("appvms/a");
+        assert_eq!(names(&dir), ["root-dirty.img", "root.img"]);
+        let ino = |p: PathBuf| fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(dir.join("root.img")), ino(r.clean(&src)));
+        assert!(!r.is_outdated(&snap));
+        r.start(&src).unwrap();
+        r.stop(&src).unwrap();
+        assert!(r.is_outdated(&snap), "the source committed a new state");
+        r.stop(&snap).unwrap();
+        assert!(names(&dir).is_empty());
+        let volatile = vol("appvms/a/volatile", false, false, 8 << 20);
+        r.start(&volatile).unwrap();
+        assert_eq!(
+            fs::metadata(dir.join("volatile-dirty.img")).unwrap().len(),
+            8 << 20
+        );
+        r.stop(&volatile).unwrap();
+        assert!(names(&dir).is_empty());
+        // A snapshot whose source is missing does not verify.
+        let orphan = VolumeConfig {
+            source: Some("vm-templates/gone/root".into()),
+            ..snap
+        };
+        let e = r.verify(&orphan).unwrap_err().to_string();
+        assert!(
+            e.starts_with("Missing image file: '") && e.contains("gone/root.img"),
+            "{e}"
+        );
+    }
+
+    /// revisions_to_keep -1: the qube writes to the committed image itself.
+    #[test]
+    fn snapshots_disabled() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Reflink::new(d.path().to_path_buf());
+        let v = VolumeConfig {
+            revisions_to_keep: -1,
+            ..vol("appvms/n/private", true, false, 1 << 20)
+        };
+        r.create(&v).unwrap();
+        let dir = d.path().join("appvms/n");
+        fs::write(dir.join("private.img.4@2026-01-01T00:00:00Z"), b"").unwrap();
+        let clean_ino = fs::metadata(dir.join("private.img")).unwrap().ino();
+        r.start(&v).unwrap();
+        assert_eq!(names(&dir), ["private-dirty.img"]);
+        assert_eq!(
+            fs::metadata(dir.join("private-dirty.img")).unwrap().ino(),
+            clean_ino
+        );
+        r.stop(&v).unwrap();
+        assert_eq!(names(&dir), ["private.img"]);
+        assert_eq!(
+            fs::metadata(dir.join("private.img")).unwrap().ino(),
+            clean_ino
+        );
     }
 
     /// The sparse copy keeps data where it was and holes as holes.

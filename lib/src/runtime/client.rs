@@ -13,7 +13,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use super::proto::{self, ProtoError, Request};
-use super::{DomainRuntime, HvError, Hypervisor, Runtime};
+use super::{DomainRuntime, HvError, Hypervisor, Op, Runtime};
 
 /// Environment variable naming the helper executable (default: `qubes-admin-eventd` next to the
 /// running executable).
@@ -81,10 +81,17 @@ impl EventdClient {
     fn ask(&self, req: &Request) -> Result<String, HvError> {
         match self.ask_socket(req) {
             Ok(reply) => Ok(reply),
+            // An operation the helper may have run before its reply was lost is not run twice.
+            Err(sock_err @ SocketError::Io { .. })
+                if matches!(req, Request::Op(..) | Request::Define(_)) =>
+            {
+                Err(HvError::Unavailable(sock_err.to_string()))
+            }
             // Either way the socket's failure is part of the story: keep it in the message.
             Err(sock_err) => self.ask_once(req).map_err(|e| match e {
                 HvError::Unavailable(m) => HvError::Unavailable(format!("{m} (and {sock_err})")),
                 HvError::Protocol(m) => HvError::Protocol(format!("{m} (and {sock_err})")),
+                HvError::Failed(m) => HvError::Failed(m),
             }),
         }
     }
@@ -164,20 +171,34 @@ impl EventdClient {
         let exe = self.eventd_exe()?;
         let mut cmd = Command::new(&exe);
         cmd.arg("--once");
+        let mut input = None;
         match req {
             Request::List => cmd.arg("list"),
             Request::Info(u) => cmd.arg("info").arg(u),
+            Request::Op(op, u) => cmd.arg("op").arg(op.word()).arg(u),
+            Request::Define(xml) => {
+                input = Some(xml.as_bytes());
+                cmd.arg("define")
+            }
         };
         let mut child = cmd
             .env("QUBES_LIBVIRT_URI", &self.libvirt_uri)
             .env("QUBES_RUN_DIR", &self.run_dir)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
                 HvError::Unavailable(format!("cannot run {} --once: {e}", exe.display()))
             })?;
+        if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+            // The XML is small (at most MAX_DEFINE): one write, then EOF.
+            let _ = stdin.write_all(data);
+        }
         let out = match child.stdout.take() {
             Some(mut stdout) => {
                 read_with_deadline(&mut stdout, Instant::now() + self.reply_timeout)
@@ -237,6 +258,15 @@ fn read_with_deadline(r: &mut (impl Read + AsFd), deadline: Instant) -> std::io:
     }
 }
 
+/// For operations, an `err` reply is libvirt refusing the operation, not an unreachable
+/// hypervisor.
+fn op_err(e: ProtoError) -> HvError {
+    match e {
+        ProtoError::Remote(m) => HvError::Failed(m),
+        other => HvError::Protocol(other.to_string()),
+    }
+}
+
 fn proto_err(e: ProtoError) -> HvError {
     match e {
         ProtoError::Remote(m) => HvError::Unavailable(m),
@@ -248,6 +278,16 @@ impl Hypervisor for EventdClient {
     fn runtime(&self) -> Result<Runtime, HvError> {
         let reply = self.ask(&Request::List)?;
         proto::decode_list(&reply).map_err(proto_err)
+    }
+
+    fn define(&self, xml: &str) -> Result<(), HvError> {
+        let reply = self.ask(&Request::Define(xml.to_string()))?;
+        proto::decode_done(&reply).map_err(op_err)
+    }
+
+    fn op(&self, uuid: &str, op: Op) -> Result<(), HvError> {
+        let reply = self.ask(&Request::Op(op, uuid.to_ascii_lowercase()))?;
+        proto::decode_done(&reply).map_err(op_err)
     }
 
     fn domain(&self, uuid: &str) -> Result<Option<DomainRuntime>, HvError> {

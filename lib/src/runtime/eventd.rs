@@ -66,6 +66,8 @@ pub fn run_once(uri: &str, req: &Request) -> (String, bool) {
         let reply = match req {
             Request::List => conn.list().map(|rt| proto::encode_list(&rt)),
             Request::Info(u) => conn.info(u).map(|d| proto::encode_info(d.as_ref())),
+            Request::Op(op, u) => conn.op(u, *op).map(|()| proto::encode_done()),
+            Request::Define(xml) => conn.define(xml).map(|()| proto::encode_done()),
         };
         let closed = conn.close();
         let reply = reply?;
@@ -117,7 +119,9 @@ impl Shared {
                     _ => proto::encode_error(&unavailable(&st)),
                 }
             }
-            Request::Info(uuid) => {
+            // Live calls on the helper's connection (never under the state lock: libvirt
+            // may take a while).
+            Request::Info(_) | Request::Op(..) | Request::Define(_) => {
                 let conn = {
                     let st = self.lock();
                     match &st.conn {
@@ -125,10 +129,13 @@ impl Shared {
                         _ => return proto::encode_error(&unavailable(&st)),
                     }
                 };
-                match conn.info(uuid) {
-                    Ok(d) => proto::encode_info(d.as_ref()),
-                    Err(e) => proto::encode_error(&e.to_string()),
-                }
+                let reply = match req {
+                    Request::Info(uuid) => conn.info(uuid).map(|d| proto::encode_info(d.as_ref())),
+                    Request::Op(op, uuid) => conn.op(uuid, *op).map(|()| proto::encode_done()),
+                    Request::Define(xml) => conn.define(xml).map(|()| proto::encode_done()),
+                    Request::List => return proto::encode_error("internal error"),
+                };
+                reply.unwrap_or_else(|e| proto::encode_error(&e.to_string()))
             }
         }
     }
@@ -324,9 +331,26 @@ fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
             return Err("request too long".to_string());
         }
     }
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_string())?;
-    Request::parse(line).map_err(|e| e.to_string())
+    let nl = buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len());
+    let line = std::str::from_utf8(buf.get(..nl).unwrap_or_default())
+        .map_err(|_| "request is not UTF-8".to_string())?;
+    let req = Request::parse(line).map_err(|e| e.to_string())?;
+    let Some(len) = proto::define_length(line) else {
+        return Ok(req);
+    };
+    // `define`: the XML follows the line.
+    let mut xml = buf.get(nl + 1..).unwrap_or_default().to_vec();
+    if xml.len() > len {
+        return Err("more data than the define line announced".to_string());
+    }
+    let mut rest = vec![0u8; len - xml.len()];
+    stream
+        .read_exact(&mut rest)
+        .map_err(|e| format!("cannot read the domain XML: {e}"))?;
+    xml.extend_from_slice(&rest);
+    String::from_utf8(xml)
+        .map(Request::Define)
+        .map_err(|_| "the domain XML is not UTF-8".to_string())
 }
 
 fn handle(mut stream: UnixStream, shared: &Shared) {

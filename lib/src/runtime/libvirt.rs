@@ -4,7 +4,7 @@ use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
 use virt::error::ErrorNumber;
 
-use super::{DomState, DomainRuntime, HostInfo, Runtime};
+use super::{DomState, DomainRuntime, HostInfo, Op, Runtime};
 use crate::ffi::libvirt as ffi;
 
 /// A libvirt failure, with libvirt's message.
@@ -141,6 +141,43 @@ impl Conn {
             }
         }
         Ok(Some(r))
+    }
+}
+
+impl Conn {
+    /// Defines (or redefines) a domain.
+    pub fn define(&self, xml: &str) -> Result<(), LibvirtError> {
+        self.connect()?
+            .define_domain_xml(xml)
+            .map(|_| ())
+            .map_err(call_err)
+    }
+
+    /// Runs `op` on the domain with this UUID.
+    pub fn op(&self, uuid: &str, op: Op) -> Result<(), LibvirtError> {
+        let dom = match self.connect()?.lookup_domain_by_uuid_string(uuid) {
+            Ok(d) => d,
+            Err(e) if is_no_domain(&e) => {
+                return Err(LibvirtError::Call(format!("no domain with uuid {uuid}")))
+            }
+            Err(e) => return Err(call_err(e)),
+        };
+        match op {
+            // Drivers without paused starts (the test driver refuses the flag as an invalid
+            // argument) start and pause at once: the same state, reached in two steps.
+            Op::StartPaused => match dom.create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED) {
+                Err(e) if e.code().is(ErrorNumber::InvalidArg) => {
+                    dom.create().and_then(|_| dom.suspend())
+                }
+                r => r.map(|_| ()),
+            },
+            Op::Resume => dom.resume(),
+            Op::Pause => dom.suspend(),
+            Op::Shutdown => dom.shutdown(),
+            Op::Destroy => dom.destroy(),
+            Op::Undefine => dom.undefine(),
+        }
+        .map_err(call_err)
     }
 }
 

@@ -110,9 +110,14 @@ pub enum HvError {
     /// The helper or the fallback answered something this build cannot read.
     #[error("hypervisor helper protocol error: {0}")]
     Protocol(String),
+    /// libvirt refused an operation (its message).
+    #[error("{0}")]
+    Failed(String),
 }
 
-/// Source of runtime state.
+pub use proto::Op;
+
+/// Source of runtime state, and the hypervisor's lifecycle operations.
 pub trait Hypervisor {
     /// Host size and every libvirt domain (state as of the helper's cache).
     fn runtime(&self) -> Result<Runtime, HvError>;
@@ -120,6 +125,21 @@ pub trait Hypervisor {
     /// Live state of one domain (by canonical UUID); `None` when libvirt has no such domain.
     fn domain(&self, uuid: &str) -> Result<Option<DomainRuntime>, HvError> {
         Ok(self.runtime()?.by_uuid(uuid).cloned())
+    }
+
+    /// Defines (or redefines) a domain from its libvirt XML.
+    fn define(&self, _xml: &str) -> Result<(), HvError> {
+        Err(HvError::Unavailable(
+            "this runtime source cannot define domains".to_string(),
+        ))
+    }
+
+    /// Runs a lifecycle operation on the domain with this (canonical) UUID.
+    fn op(&self, _uuid: &str, op: Op) -> Result<(), HvError> {
+        Err(HvError::Unavailable(format!(
+            "this runtime source cannot {} domains",
+            op.word()
+        )))
     }
 }
 

@@ -2,7 +2,7 @@
 //! `qubes-admin-eventd --once`.
 //!
 //! ```text
-//! request:  list\n  |  info <uuid>\n
+//! request:  list\n  |  info <uuid>\n  |  op <verb> <uuid>\n  |  define <length>\n<domain XML>
 //! reply:    ok\n <record>* end\n  |  err <message>\n
 //! records:  host <memory_mib> <cpus>\n
 //!           domain <uuid> <id> <state> <active 0|1> <mem_kib> <max_mem_kib> <vcpus> <cpu_time_ns> <name>\n
@@ -10,13 +10,59 @@
 //!
 //! `<state>` is libvirt's numeric `virDomainState`; `<name>` is last and `%`-escapes `%`, CR and
 //! LF. A `list` reply has one `host` record and any number of `domain` records; an `info` reply
-//! has zero (no such domain) or one `domain` record. A reply without its `end` line is
-//! incomplete and rejected, so a helper that dies mid-reply never yields a partial answer.
+//! has zero (no such domain) or one `domain` record; `op` and `define` replies have none. A reply
+//! without its `end` line is incomplete and rejected, so a helper that dies mid-reply never
+//! yields a partial answer. `<verb>` is one of [`Op`]'s words; `define`'s XML is exactly
+//! `<length>` bytes (at most [`MAX_DEFINE`]).
 
 use super::{DomState, DomainRuntime, HostInfo, Runtime};
 
 /// Longest request line the helper reads.
 pub const MAX_REQUEST_LINE: usize = 128;
+/// Largest domain XML a `define` carries.
+pub const MAX_DEFINE: usize = 1 << 20;
+
+/// A lifecycle operation on one domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Start the defined domain with its vCPUs paused (`virDomainCreateWithFlags(PAUSED)`).
+    StartPaused,
+    Resume,
+    /// Pause the vCPUs (`virDomainSuspend`).
+    Pause,
+    /// Ask the guest to shut down.
+    Shutdown,
+    /// Stop it at once (`virDomainDestroy`).
+    Destroy,
+    /// Remove the (inactive) definition.
+    Undefine,
+}
+
+impl Op {
+    pub const ALL: [Op; 6] = [
+        Op::StartPaused,
+        Op::Resume,
+        Op::Pause,
+        Op::Shutdown,
+        Op::Destroy,
+        Op::Undefine,
+    ];
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Op::StartPaused => "start-paused",
+            Op::Resume => "resume",
+            Op::Pause => "pause",
+            Op::Shutdown => "shutdown",
+            Op::Destroy => "destroy",
+            Op::Undefine => "undefine",
+        }
+    }
+
+    pub fn from_word(w: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|o| o.word() == w)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
@@ -34,6 +80,10 @@ pub enum Request {
     List,
     /// Live query of one domain, by canonical (lowercase) UUID.
     Info(String),
+    /// A lifecycle operation on one domain (by canonical UUID).
+    Op(Op, String),
+    /// Define (or redefine) a domain from its XML.
+    Define(String),
 }
 
 /// Whether `s` looks like a UUID (36 chars, hex digits and dashes at the usual places).
@@ -50,20 +100,55 @@ impl Request {
         match self {
             Request::List => "list\n".to_string(),
             Request::Info(u) => format!("info {u}\n"),
+            Request::Op(op, u) => format!("op {} {u}\n", op.word()),
+            Request::Define(xml) => format!("define {}\n{xml}", xml.len()),
         }
     }
 
-    /// Parses one request line (with or without its newline).
+    /// Parses one request line (with or without its newline). A `define` line yields
+    /// `Define` with an empty XML and the length still to read: see [`define_length`].
     pub fn parse(line: &str) -> Result<Request, ProtoError> {
         let line = line.strip_suffix('\n').unwrap_or(line);
         let mut words = line.split(' ');
-        match (words.next(), words.next(), words.next()) {
-            (Some("list"), None, None) => Ok(Request::List),
-            (Some("info"), Some(u), None) if is_uuid(u) => {
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("list"), None, None, None) => Ok(Request::List),
+            (Some("info"), Some(u), None, None) if is_uuid(u) => {
                 Ok(Request::Info(u.to_ascii_lowercase()))
+            }
+            (Some("op"), Some(w), Some(u), None) if is_uuid(u) => match Op::from_word(w) {
+                Some(op) => Ok(Request::Op(op, u.to_ascii_lowercase())),
+                None => Err(ProtoError::BadRequest(format!("unknown operation {w:?}"))),
+            },
+            (Some("define"), Some(_), None, None) if define_length(line).is_some() => {
+                Ok(Request::Define(String::new()))
             }
             _ => Err(ProtoError::BadRequest(format!("unknown request {line:?}"))),
         }
+    }
+}
+
+/// The XML length a `define <length>` line announces (at most [`MAX_DEFINE`]).
+pub fn define_length(line: &str) -> Option<usize> {
+    let n: usize = line
+        .strip_suffix('\n')
+        .unwrap_or(line)
+        .strip_prefix("define ")?
+        .parse()
+        .ok()?;
+    (n <= MAX_DEFINE).then_some(n)
+}
+
+/// The reply to a successful `op` or `define`.
+pub fn encode_done() -> String {
+    "ok\nend\n".to_string()
+}
+
+/// Reads an `op`/`define` reply: success, or the error it reports.
+pub fn decode_done(reply: &str) -> Result<(), ProtoError> {
+    let lines = records(reply)?;
+    match lines.first() {
+        None => Ok(()),
+        Some(l) => Err(ProtoError::Malformed(format!("unexpected record {l:?}"))),
     }
 }
 
@@ -344,5 +429,35 @@ mod tests {
         assert!(Request::parse("info ../../etc").is_err());
         assert!(Request::parse("list x").is_err());
         assert_eq!(Request::parse(&Request::List.encode()), Ok(Request::List));
+    }
+
+    #[test]
+    fn lifecycle_requests() {
+        let u = "e4b06ce6-0741-47a8-bce4-2c8218072e8c";
+        for op in Op::ALL {
+            let r = Request::Op(op, u.to_string());
+            assert_eq!(Request::parse(&r.encode()), Ok(r));
+        }
+        assert_eq!(
+            Request::parse(&format!("op start-paused {u}")),
+            Ok(Request::Op(Op::StartPaused, u.into()))
+        );
+        assert!(Request::parse(&format!("op reboot {u}")).is_err());
+        assert!(Request::parse("op destroy ../x").is_err());
+        let xml = "<domain/>";
+        let enc = Request::Define(xml.into()).encode();
+        assert_eq!(enc, "define 9\n<domain/>");
+        let line = enc.split('\n').next().unwrap();
+        assert_eq!(define_length(line), Some(9));
+        assert_eq!(Request::parse(line), Ok(Request::Define(String::new())));
+        assert_eq!(define_length(&format!("define {}", MAX_DEFINE + 1)), None);
+        assert!(Request::parse("define x").is_err());
+        assert_eq!(decode_done(&encode_done()), Ok(()));
+        assert_eq!(
+            decode_done("err nope\n"),
+            Err(ProtoError::Remote("nope".into()))
+        );
+        assert!(decode_done("ok\n").is_err(), "no end line");
+        assert!(decode_done("ok\nhost 1 1\nend\n").is_err());
     }
 }

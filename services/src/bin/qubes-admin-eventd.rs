@@ -3,17 +3,20 @@
 //! `<run_dir>/qubes-admin/eventd.sock`. With `--once` it answers one request from a direct
 //! libvirt query on stdout and exits: the fallback per-call processes use when no helper runs.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use qubes_admin::runtime::eventd;
-use qubes_admin::runtime::proto::Request;
+use qubes_admin::runtime::proto::{Request, MAX_DEFINE};
 use qubes_admin::Config;
 
 const USAGE: &str = "usage:
   qubes-admin-eventd                      serve on $QUBES_RUN_DIR/qubes-admin/eventd.sock
   qubes-admin-eventd --once [list]        print every domain and the host size, then exit
   qubes-admin-eventd --once info <uuid>   print one domain (live), then exit
+  qubes-admin-eventd --once op <verb> <uuid>
+                                          start-paused|resume|pause|shutdown|destroy|undefine
+  qubes-admin-eventd --once define        define the domain whose XML is on stdin
 environment: QUBES_LIBVIRT_URI QUBES_RUN_DIR";
 
 fn main() -> ExitCode {
@@ -29,13 +32,19 @@ fn main() -> ExitCode {
             }
         },
         ["--once"] | ["--once", "list"] => once(&config, &Request::List),
-        ["--once", "info", uuid] => match Request::parse(&format!("info {uuid}")) {
-            Ok(req) => once(&config, &req),
-            Err(e) => {
-                eprintln!("qubes-admin-eventd: {e}\n{USAGE}");
-                ExitCode::from(2)
+        ["--once", "info", uuid] => parsed(&config, &format!("info {uuid}")),
+        ["--once", "op", verb, uuid] => parsed(&config, &format!("op {verb} {uuid}")),
+        ["--once", "define"] => {
+            let mut xml = String::new();
+            let read = std::io::stdin()
+                .take(MAX_DEFINE as u64 + 1)
+                .read_to_string(&mut xml);
+            match read {
+                Ok(n) if n <= MAX_DEFINE => once(&config, &Request::Define(xml)),
+                Ok(_) => usage_error("the domain XML is too long"),
+                Err(e) => usage_error(&format!("cannot read the domain XML: {e}")),
             }
-        },
+        }
         ["-h" | "--help"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -44,6 +53,19 @@ fn main() -> ExitCode {
             eprintln!("{USAGE}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("qubes-admin-eventd: {msg}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+/// One request given as its protocol line.
+fn parsed(config: &Config, line: &str) -> ExitCode {
+    match Request::parse(line) {
+        Ok(req) => once(config, &req),
+        Err(e) => usage_error(&e.to_string()),
     }
 }
 

@@ -473,3 +473,83 @@ fn lifecycle_operations_through_the_helper_and_the_fallback() {
     }
     env.stop_helper();
 }
+
+/// admin.vm.Pause, Unpause and Kill on a qube whose libvirt domain runs in the private
+/// libvirtd: exact replies and refusals, libvirt's state after each call (through virsh), and
+/// the events each call logs (Kill: after its stop processing).
+#[test]
+fn pause_unpause_kill() {
+    let Some(mut env) = setup() else { return };
+    env.start_helper();
+    let xml = env.tmp.path().join("vm0000.xml");
+    std::fs::write(&xml, domain_xml("vm0000", VM0000)).unwrap();
+    env.virsh(&["define", xml.to_str().unwrap()]);
+    env.virsh(&["start", "vm0000"]);
+    let domstate = |env: &Env| {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &env.uri, "domstate", "vm0000"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let mut seen = 0;
+    let mut events = || {
+        let evs = qubes_admin::events::read_after(&env.run_dir(), seen).unwrap();
+        if let Some((s, _)) = evs.last() {
+            seen = *s;
+        }
+        evs.iter()
+            .map(|(_, e)| {
+                let kw: Vec<String> = e.kwargs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{}|{}|{}", e.subject, e.name, kw.join(","))
+            })
+            .collect::<Vec<_>>()
+    };
+    let call = |m: &str, dest: &str| String::from_utf8(env.call(m, dest, None)).unwrap();
+
+    assert_eq!(
+        call("admin.vm.Unpause", "vm0000"),
+        "2\0QubesVMNotPausedError\0\0Domain is not paused: 'vm0000'\0"
+    );
+    assert_eq!(call("admin.vm.Pause", "vm0000"), "0\0");
+    assert_eq!(domstate(&env), "paused");
+    assert_eq!(call("admin.vm.Unpause", "vm0000"), "0\0");
+    assert_eq!(domstate(&env), "running");
+    assert_eq!(call("admin.vm.Kill", "vm0000"), "0\0");
+    assert_eq!(domstate(&env), "shut off");
+    assert_eq!(
+        events(),
+        [
+            "vm0000|domain-pre-paused|",
+            "vm0000|domain-pre-unpaused|",
+            "vm0000|domain-unpaused|",
+            "vm0000|property-reset:xid|name=xid",
+            "vm0000|property-reset:stubdom_xid|name=stubdom_xid",
+            "vm0000|property-reset:start_time|name=start_time",
+            "vm0000|domain-stopped|",
+            "vm0000|domain-shutdown|",
+        ]
+    );
+    // Halted: the refusals, with no events.
+    assert_eq!(
+        call("admin.vm.Kill", "vm0000"),
+        "2\0QubesVMNotStartedError\0\0Domain is powered off: 'vm0000'\0"
+    );
+    assert_eq!(
+        call("admin.vm.Pause", "vm0000"),
+        "2\0QubesVMNotRunningError\0\0Domain not running (either powered off or paused): 'vm0000'\0"
+    );
+    assert_eq!(
+        call("admin.vm.Kill", "dom0"),
+        "2\0QubesVMError\0\0Cannot kill Dom0 fake domain!\0"
+    );
+    assert!(call("admin.vm.Pause", "dom0")
+        .starts_with("2\0QubesException\0\0AdminVM dom0 cannot be paused"));
+    // A qube without a libvirt domain at all is halted too.
+    assert_eq!(
+        call("admin.vm.Kill", "vm0001"),
+        "2\0QubesVMNotStartedError\0\0Domain is powered off: 'vm0001'\0"
+    );
+    assert!(events().is_empty());
+    env.stop_helper();
+}

@@ -187,6 +187,9 @@ impl System {
         model::props::read(&ctx, holder, name)
     }
 
+    /// Read-only calls, and calls that act on the hypervisor without saving qubes.xml
+    /// (Execute): a shared view of the current file, no qubes.xml lock. Their events (Execute
+    /// calls fire some) go to the log when the handler succeeds.
     fn execute_read(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
         let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
         let r = api::request::resolve_request(doc, raw)?;
@@ -197,7 +200,26 @@ impl System {
             DocRef::Read(doc),
             self.hv.as_ref(),
         );
-        handler(&mut ctx)
+        let body = handler(&mut ctx);
+        let outcome = ctx.finish();
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                outcome.abort();
+                return Err(e);
+            }
+        };
+        for f in outcome.after_commit {
+            f();
+        }
+        if !outcome.events.is_empty() {
+            events::append(&self.config.run_dir, &outcome.events).map_err(|e| {
+                ApiError::qubes(format!(
+                    "the call succeeded, but its events were not logged: {e}"
+                ))
+            })?;
+        }
+        Ok(body)
     }
 }
 

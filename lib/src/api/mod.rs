@@ -8,6 +8,7 @@
 //! | [`vm_list`] | `admin.vm.List` |
 //! | [`vm_create`] | `admin.vm.Create.*`, `admin.vm.CreateInPool.*`, `admin.vm.CreateDisposable` |
 //! | [`vm_remove`] | `admin.vm.Remove` |
+//! | [`vm_lifecycle`] | `admin.vm.Pause`, `Unpause`, `Kill` |
 //! | [`vm_state`] | `admin.vm.CurrentState` |
 //! | [`label`] | `admin.label.*` |
 //! | [`property`] | `admin.property.*` and `admin.vm.property.*` (one set of handlers, two holders) |
@@ -27,6 +28,7 @@ pub mod pool;
 pub mod property;
 pub mod vm_create;
 pub mod vm_feature;
+pub mod vm_lifecycle;
 pub mod vm_list;
 pub mod vm_notes;
 pub mod vm_remove;

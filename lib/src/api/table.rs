@@ -6,8 +6,8 @@
 
 use super::property::{OfQubes, OfVm};
 use super::{
-    label, pool, property, vm_create, vm_feature, vm_list, vm_notes, vm_remove, vm_state, vm_tag,
-    vm_volume, vmclass,
+    label, pool, property, vm_create, vm_feature, vm_lifecycle, vm_list, vm_notes, vm_remove,
+    vm_state, vm_tag, vm_volume, vmclass,
 };
 use crate::error::ApiError;
 use crate::model::context::Ctx;
@@ -64,9 +64,10 @@ pub struct Method {
 }
 
 impl Method {
-    /// Whether the call runs in a write transaction.
+    /// Whether the call runs in a write transaction (Execute calls act on the hypervisor and
+    /// do not save qubes.xml: they run on a read-only view, without its lock).
     pub fn writes(&self) -> bool {
-        self.access != Access::Read
+        self.access == Access::Write
     }
 }
 
@@ -123,6 +124,9 @@ pub static METHODS: &[Method] = &[
     socket_only(m("admin.vm.CreateInPool.RemoteVM",   AdminVm,    Optional,  Optional,  Global, Write, vm_create::create_in_pool)),
     m("admin.vm.CreateDisposable",                    Any,        Optional,  Optional,  Global, Write, vm_create::create_disposable),
     m("admin.vm.Remove",                              Any,        Forbidden, Forbidden, Global, Write, vm_remove::remove),
+    m("admin.vm.Pause",                               Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::pause),
+    m("admin.vm.Unpause",                             Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::unpause),
+    m("admin.vm.Kill",                                Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::kill),
     m("admin.pool.List",                              AdminVm,    Forbidden, Forbidden, Global, Read,  pool::list),
     m("admin.pool.ListDrivers",                       AdminVm,    Forbidden, Forbidden, Global, Read,  pool::list_drivers),
     m("admin.pool.Info",                              AdminVm,    Required,  Forbidden, Global, Read,  pool::info),
@@ -367,11 +371,8 @@ mod tests {
                         *n,
                         "admin.vm.Start"
                             | "admin.vm.Shutdown"
-                            | "admin.vm.Pause"
-                            | "admin.vm.Unpause"
                             | "admin.vm.Suspend"
                             | "admin.vm.Resume"
-                            | "admin.vm.Kill"
                             | "admin.Events"
                             | "admin.vm.Stats"
                             | "admin.vm.Console"

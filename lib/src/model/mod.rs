@@ -5,6 +5,7 @@
 //! * [`props`]: the property engine (tables, defaults, setters, rendering).
 //! * [`features`]: recursive feature lookups along the template/netvm chains.
 //! * [`labels`]: label lookup and legacy `label-N` references.
+//! * [`lifecycle`]: the per-qube operation lock, live state, stop processing.
 //! * [`power_state`]: a qube's power state from its libvirt domain.
 //! * [`new_qube`]: identity, qubes.xml entry and disk of a new qube.
 //! * [`notes_sanitize`]: the reference's notes sanitiser.
@@ -14,6 +15,7 @@
 pub mod context;
 pub mod features;
 pub mod labels;
+pub mod lifecycle;
 pub mod new_qube;
 pub mod notes_sanitize;
 pub mod power_state;

@@ -1,0 +1,83 @@
+//! What the lifecycle calls share (`core.md` §3.11, §10): the per-qube operation lock, the
+//! live libvirt state of a qube, and stop processing (§10.3), which `Kill` runs when it sees the
+//! qube stop (and the event helper will run for qubes that stop by themselves).
+
+use std::fs::File;
+
+use crate::error::{ApiError, ExcType};
+use crate::model::context::Ctx;
+use crate::model::power_state::vm_uuid;
+use crate::model::volumes;
+use crate::runtime::{DomState, DomainRuntime, HvError};
+use crate::store::DomId;
+use crate::wire::python::repr;
+
+/// The per-qube operation lock (`<run_dir>/qubes-admin/qube-<uuid>.lock`, `flock`): two
+/// lifecycle calls on one qube run one after the other; calls on different qubes do not wait
+/// for each other. Released when the guard is dropped (or the process exits).
+pub struct QubeLock {
+    _file: File,
+}
+
+pub fn lock_qube(ctx: &Ctx<'_>, id: DomId) -> Result<QubeLock, ApiError> {
+    let uuid = vm_uuid(ctx, id)?;
+    let dir = crate::events::log_dir(&ctx.config.run_dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ApiError::qubes(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(format!("qube-{uuid}.lock"));
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ApiError::qubes(format!("{}: {e}", path.display())))?;
+    file.lock()
+        .map_err(|e| ApiError::qubes(format!("cannot lock {}: {e}", path.display())))?;
+    Ok(QubeLock { _file: file })
+}
+
+/// The qube's libvirt domain as of now (`None`: not defined).
+pub fn live_domain(ctx: &Ctx<'_>, id: DomId) -> Result<Option<DomainRuntime>, ApiError> {
+    let uuid = vm_uuid(ctx, id)?;
+    Ok(ctx.hypervisor().domain(&uuid)?)
+}
+
+/// `is_running()`: libvirt says active (also when paused or halting).
+pub fn is_active(dom: Option<&DomainRuntime>) -> bool {
+    dom.is_some_and(|d| d.active)
+}
+
+/// `is_paused()`: active and libvirt state PAUSED.
+pub fn is_paused(dom: Option<&DomainRuntime>) -> bool {
+    dom.is_some_and(|d| d.active && d.state == DomState::Paused)
+}
+
+/// A libvirt refusal as the reference reports it: for Kill (`not_running`) the qube stopped
+/// between the check and the destroy; otherwise libvirt's message.
+pub fn op_error(e: HvError, name: &str, not_running: bool) -> ApiError {
+    match e {
+        HvError::Failed(_) if not_running => ApiError::new(
+            ExcType::QubesVMNotStartedError,
+            format!("Domain is powered off: {}", repr(name)),
+        ),
+        HvError::Failed(m) => ApiError::new(ExcType::QubesVMError, m),
+        other => other.into(),
+    }
+}
+
+/// Stop processing (§10.3) for a qube libvirt reports stopped: its volumes stop (commit,
+/// discard; errors only reported, as the reference logs them), the running-state marks go, and
+/// the events follow in the order a subscriber sees them: the computed properties that reset
+/// (`xid`, `stubdom_xid`, `start_time`), `domain-stopped`, `domain-shutdown`.
+pub fn stop_processing(ctx: &mut Ctx<'_>, id: DomId) -> Result<(), ApiError> {
+    let pools = volumes::pools(ctx);
+    let vols = volumes::volumes_of(ctx, &pools, id)?;
+    volumes::stop_storage(&ctx.config.run_dir, &pools, &vols);
+    let name = ctx.doc().name(id).to_string();
+    for prop in ["xid", "stubdom_xid", "start_time"] {
+        ctx.emit(&name, format!("property-reset:{prop}"), &[("name", prop)]);
+    }
+    ctx.emit(&name, "domain-stopped", &[]);
+    ctx.emit(&name, "domain-shutdown", &[]);
+    Ok(())
+}

@@ -126,7 +126,15 @@ impl Env {
             .stdin
             .take()
             .unwrap()
-            .write_all(format!("{method}+ dom0 name {dest}\0").as_bytes())
+            // `method` may carry its argument (`admin.vm.Shutdown+wait`).
+            .write_all(
+                if method.contains('+') {
+                    format!("{method} dom0 name {dest}\0")
+                } else {
+                    format!("{method}+ dom0 name {dest}\0")
+                }
+                .as_bytes(),
+            )
             .unwrap();
         child.wait_with_output().unwrap().stdout
     }
@@ -551,5 +559,83 @@ fn pause_unpause_kill() {
         "2\0QubesVMNotStartedError\0\0Domain is powered off: 'vm0001'\0"
     );
     assert!(events().is_empty());
+    env.stop_helper();
+}
+
+/// admin.vm.Shutdown: the argument rule, the refusals (powered off, in use as netvm, paused
+/// without force), `wait` (the reply after the stop processing), `force` on a paused qube.
+#[test]
+fn shutdown() {
+    let Some(mut env) = setup() else { return };
+    env.start_helper();
+    const FW: &str = "78e51061-7311-48a3-82ce-6f447ed4d57b";
+    const VM0001: &str = "9b810e76-6ec9-4286-a3ca-828dd5f4b3b2";
+    for (name, uuid) in [("sys-firewall", FW), ("vm0000", VM0000), ("vm0001", VM0001)] {
+        let xml = env.tmp.path().join(format!("{name}.xml"));
+        std::fs::write(&xml, domain_xml(name, uuid)).unwrap();
+        env.virsh(&["define", xml.to_str().unwrap()]);
+        env.virsh(&["start", name]);
+    }
+    let state = |env: &Env, name: &str| {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &env.uri, "domstate", name])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let mut seen = 0;
+    let mut events = || {
+        let evs = qubes_admin::events::read_after(&env.run_dir(), seen).unwrap();
+        if let Some((s, _)) = evs.last() {
+            seen = *s;
+        }
+        evs.iter()
+            .map(|(_, e)| {
+                let kw: Vec<String> = e.kwargs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{}|{}|{}", e.subject, e.name, kw.join(","))
+            })
+            .collect::<Vec<_>>()
+    };
+    let call = |m: &str, dest: &str| String::from_utf8(env.call(m, dest, None)).unwrap();
+
+    assert_eq!(
+        call("admin.vm.Shutdown+forcewait", "vm0000"),
+        "2\0ProtocolError\0\0Argument must match: force, wait\0"
+    );
+    // vm0000 and vm0001 run with sys-firewall as their (default) netvm.
+    assert_eq!(
+        call("admin.vm.Shutdown", "sys-firewall"),
+        "2\0QubesVMInUseError\0\0There are other VMs connected to this VM: vm0000, vm0001\0"
+    );
+    assert_eq!(state(&env, "sys-firewall"), "running");
+    assert_eq!(call("admin.vm.Shutdown+wait", "vm0000"), "0\0");
+    assert_eq!(state(&env, "vm0000"), "shut off");
+    assert_eq!(
+        events(),
+        [
+            "vm0000|domain-pre-shutdown|force=False",
+            "vm0000|property-reset:xid|name=xid",
+            "vm0000|property-reset:stubdom_xid|name=stubdom_xid",
+            "vm0000|property-reset:start_time|name=start_time",
+            "vm0000|domain-stopped|",
+            "vm0000|domain-shutdown|",
+        ]
+    );
+    assert_eq!(
+        call("admin.vm.Shutdown", "vm0000"),
+        "2\0QubesVMNotStartedError\0\0Domain is powered off: 'vm0000'\0"
+    );
+    env.virsh(&["suspend", "vm0001"]);
+    assert_eq!(
+        call("admin.vm.Shutdown", "vm0001"),
+        "2\0QubesVMNotRunningError\0\0Domain not running (either powered off or paused): 'vm0001'\0"
+    );
+    assert!(events().is_empty(), "failed calls log nothing");
+    assert_eq!(call("admin.vm.Shutdown+wait+force", "vm0001"), "0\0");
+    assert_eq!(state(&env, "vm0001"), "shut off");
+    assert_eq!(events()[0], "vm0001|domain-pre-shutdown|force=True");
+    // With its users gone, the netvm shuts down without force.
+    assert_eq!(call("admin.vm.Shutdown", "sys-firewall"), "0\0");
+    assert_eq!(events(), ["sys-firewall|domain-pre-shutdown|force=False"]);
     env.stop_helper();
 }

@@ -1325,3 +1325,58 @@ fn volume_start_and_stop_cycle() {
         .to_string_lossy()
         .starts_with("volume-running-")));
 }
+
+/// With `check_updates_vm` off, a new qube gets `check-updates=""` (no events: it is part of
+/// the new qube, not a later change); and a non-dom0 creator's tag.
+#[test]
+fn create_follows_check_updates_vm_and_tags_its_creator() {
+    let mut t = T::new();
+    t.ok("admin.property.Set+check_updates_vm", "dom0", b"False", "");
+    t.events();
+    t.ok(
+        "admin.vm.Create.StandaloneVM",
+        "dom0",
+        b"name=nu label=red",
+        "",
+    );
+    let d = t.domain("nu").unwrap();
+    assert!(
+        d.contains(
+            "<features>\n        <feature name=\"check-updates\"></feature>\n      </features>"
+        ),
+        "{d}"
+    );
+    assert_eq!(
+        t.events(),
+        [
+            "|domain-add|vm=nu",
+            "nu|domain-tag-add:created-by-dom0|tag=created-by-dom0",
+            "nu|domain-create-on-disk"
+        ]
+    );
+    t.ok("admin.vm.feature.Get+check-updates", "nu", b"", "");
+    // The creator's tag-created-vm-with tags come with its created-by tag, before it.
+    t.ok(
+        "admin.vm.feature.Set+tag-created-vm-with",
+        "dom0",
+        b"mgmt extra",
+        "",
+    );
+    t.events();
+    t.ok(
+        "admin.vm.Create.StandaloneVM",
+        "dom0",
+        b"name=nu2 label=red",
+        "",
+    );
+    assert_eq!(
+        t.events(),
+        [
+            "|domain-add|vm=nu2",
+            "nu2|domain-tag-add:mgmt|tag=mgmt",
+            "nu2|domain-tag-add:extra|tag=extra",
+            "nu2|domain-tag-add:created-by-dom0|tag=created-by-dom0",
+            "nu2|domain-create-on-disk"
+        ]
+    );
+}

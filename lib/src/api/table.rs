@@ -127,6 +127,7 @@ pub static METHODS: &[Method] = &[
     m("admin.vm.Pause",                               Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::pause),
     m("admin.vm.Unpause",                             Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::unpause),
     m("admin.vm.Kill",                                Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::kill),
+    m("admin.vm.Shutdown",                            Any,        Optional,  Forbidden, Local,  Execute, vm_lifecycle::shutdown),
     m("admin.pool.List",                              AdminVm,    Forbidden, Forbidden, Global, Read,  pool::list),
     m("admin.pool.ListDrivers",                       AdminVm,    Forbidden, Forbidden, Global, Read,  pool::list_drivers),
     m("admin.pool.Info",                              AdminVm,    Required,  Forbidden, Global, Read,  pool::info),
@@ -370,7 +371,6 @@ mod tests {
                     || matches!(
                         *n,
                         "admin.vm.Start"
-                            | "admin.vm.Shutdown"
                             | "admin.vm.Suspend"
                             | "admin.vm.Resume"
                             | "admin.Events"

@@ -1,7 +1,8 @@
-//! admin.vm.Pause, admin.vm.Unpause, admin.vm.Kill (`core.md` §3.11) through libvirt. These
+//! admin.vm.Pause, Unpause, Kill and Shutdown (`core.md` §3.11) through libvirt. These
 //! calls run on a read-only view of qubes.xml (they do not save it) under the qube's operation
-//! lock, so a long libvirt operation never holds the qubes.xml lock. (Start, Shutdown, Suspend
-//! and Resume: the rest of the lifecycle issue.)
+//! lock, so a long libvirt operation never holds the qubes.xml lock. (Start, Suspend and Resume:
+//! the rest of the lifecycle issue.) A failed call logs no events (the reference also fires
+//! `domain-shutdown-failed`; see the README's deviations).
 
 use crate::error::{ApiError, ExcType};
 use crate::model::context::Ctx;
@@ -9,7 +10,9 @@ use crate::model::lifecycle::{
     is_active, is_paused, live_domain, lock_qube, op_error, stop_processing,
 };
 use crate::model::power_state::vm_uuid;
+use crate::model::props::{defaults, value::Val};
 use crate::runtime::Op;
+use crate::store::DomId;
 use crate::wire::python::repr;
 
 /// dom0 and RemoteVMs have no pause/unpause (the reference fails without a reply).
@@ -99,5 +102,118 @@ pub fn kill(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
         .op(&uuid, Op::Destroy)
         .map_err(|e| op_error(e, &name, true))?;
     stop_processing(ctx, id)?;
+    Ok(Vec::new())
+}
+
+/// The qubes (in qubes.xml order) that are running and use `id` through `prop`.
+fn running_users(ctx: &Ctx<'_>, id: DomId, prop: &str) -> Result<Vec<String>, ApiError> {
+    let rt = ctx.runtime()?;
+    let doc = ctx.doc();
+    let mut users = Vec::new();
+    for other in doc.domains() {
+        if other == id {
+            continue;
+        }
+        let uses = defaults::vm_prop(ctx, other, prop, 0)
+            .ok()
+            .and_then(|v| defaults::vm_ref(ctx, &v))
+            == Some(id);
+        let running = doc
+            .uuid(other)
+            .and_then(|u| rt.by_uuid(u))
+            .is_some_and(|d| d.active);
+        if uses && running {
+            users.push(doc.name(other).to_string());
+        }
+    }
+    Ok(users)
+}
+
+/// `admin.vm.Shutdown[+force][+wait]`: refused while running qubes use this one as netvm, GuiVM
+/// or AudioVM (unless `force`); a paused qube is destroyed (with `force`), any other asked to
+/// shut down; with `wait` the reply waits (up to `shutdown_timeout`) for the stop and its
+/// processing.
+pub fn shutdown(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    let (mut force, mut wait) = (false, false);
+    if !ctx.arg.is_empty() {
+        for part in ctx.arg.split('+') {
+            match part {
+                "force" => force = true,
+                "wait" => wait = true,
+                _ => return Err(ApiError::protocol("Argument must match: force, wait")),
+            }
+        }
+    }
+    refuse_non_qubesvm(ctx, "shut down with force/wait")?;
+    let (id, name) = (ctx.dest, ctx.dest_name().to_string());
+    let _lock = lock_qube(ctx, id)?;
+    let dom = live_domain(ctx, id)?;
+    if !is_active(dom.as_ref()) {
+        return Err(ApiError::new(
+            ExcType::QubesVMNotStartedError,
+            format!("Domain is powered off: {}", repr(&name)),
+        ));
+    }
+    let flag = if force { "True" } else { "False" };
+    ctx.emit(&name, "domain-pre-shutdown", &[("force", flag)]);
+    if !force {
+        let net = running_users(ctx, id, "netvm")?;
+        if !net.is_empty() {
+            return Err(ApiError::new(
+                ExcType::QubesVMInUseError,
+                format!(
+                    "There are other VMs connected to this VM: {}",
+                    net.join(", ")
+                ),
+            ));
+        }
+        for (prop, what) in [("guivm", "GuiVM"), ("audiovm", "AudioVM")] {
+            let users = running_users(ctx, id, prop)?;
+            if !users.is_empty() {
+                return Err(ApiError::new(
+                    ExcType::QubesVMError,
+                    format!(
+                        "There are running VMs using this VM as {what}: {}",
+                        users.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let paused = is_paused(dom.as_ref());
+    if paused && !force {
+        return Err(ApiError::new(
+            ExcType::QubesVMNotRunningError,
+            format!(
+                "Domain not running (either powered off or paused): {}",
+                repr(&name)
+            ),
+        ));
+    }
+    let uuid = vm_uuid(ctx, id)?;
+    let op = if paused { Op::Destroy } else { Op::Shutdown };
+    ctx.hypervisor().op(&uuid, op).map_err(|e| match e {
+        crate::runtime::HvError::Failed(m) => {
+            ApiError::new(ExcType::QubesVMShutdownTimeoutError, m)
+        }
+        other => other.into(),
+    })?;
+    if wait {
+        let timeout = match defaults::vm_prop(ctx, id, "shutdown_timeout", 0) {
+            Ok(Val::Int(n)) => u64::try_from(n).unwrap_or(0),
+            _ => 60,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+        while is_active(live_domain(ctx, id)?.as_ref()) {
+            if std::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ExcType::QubesVMShutdownTimeoutError,
+                    format!("Domain shutdown timed out: {}", repr(&name)),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        stop_processing(ctx, id)?;
+    }
     Ok(Vec::new())
 }

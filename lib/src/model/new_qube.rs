@@ -166,11 +166,12 @@ pub fn add(ctx: &mut Ctx<'_>, q: &NewQube) -> Result<DomId, ApiError> {
     for (k, v) in &props {
         data.set_property(k, v, &rank);
     }
-    let check_updates = matches!(
+    // check_updates_vm=False: new qubes do not check for updates either.
+    let no_update_checks = matches!(
         defaults::global_prop(ctx, "check_updates_vm"),
         Ok(Val::Bool(false))
     );
-    if check_updates {
+    if no_update_checks {
         data.set_feature("check-updates", "");
     }
     let id = ctx.doc_mut()?.add_domain(&q.class, data);

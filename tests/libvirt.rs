@@ -110,6 +110,7 @@ impl Env {
         let mut cmd = Command::new(CALL);
         cmd.arg("--socket-request")
             .env("QUBES_XML_PATH", self.tmp.path().join("qubes.xml"))
+            .env("QUBES_BASE_DIR", self.tmp.path().join("varlib"))
             .env("QUBES_RUN_DIR", self.run_dir())
             .env("QUBES_LIBVIRT_URI", &self.uri)
             .env_remove("QREXEC_SERVICE_FULL_NAME")
@@ -254,11 +255,14 @@ fn setup() -> Option<Env> {
     );
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("run")).unwrap();
-    std::fs::copy(
-        repo().join("tests/fixtures/gen10/qubes.xml"),
-        tmp.path().join("qubes.xml"),
-    )
-    .unwrap();
+    // The fixture's pools rebased into the temp dir (Create and Kill touch files there).
+    let xml = std::fs::read_to_string(repo().join("tests/fixtures/gen10/qubes.xml"))
+        .unwrap()
+        .replace(
+            "/work/oracle-run/gen10/varlib",
+            tmp.path().join("varlib").to_str().unwrap(),
+        );
+    std::fs::write(tmp.path().join("qubes.xml"), xml).unwrap();
     let mut env = Env {
         lv_dir,
         uri,
@@ -637,5 +641,56 @@ fn shutdown() {
     // With its users gone, the netvm shuts down without force.
     assert_eq!(call("admin.vm.Shutdown", "sys-firewall"), "0\0");
     assert_eq!(events(), ["sys-firewall|domain-pre-shutdown|force=False"]);
+    env.stop_helper();
+}
+
+/// Kill of a disposable with auto_cleanup: the stop processing removes it (qubes.xml, its
+/// directory) and logs its removal after the stop events.
+#[test]
+fn killed_disposable_is_cleaned_up() {
+    let Some(mut env) = setup() else { return };
+    env.start_helper();
+    let made =
+        String::from_utf8(env.call("admin.vm.CreateDisposable", "default-dvm", None)).unwrap();
+    let name = made
+        .strip_prefix("0\0")
+        .unwrap_or_else(|| panic!("{made:?}"))
+        .to_string();
+    let xml_path = env.tmp.path().join("qubes.xml");
+    let doc = qubes_admin::store::load(&xml_path).unwrap().0;
+    let uuid = doc
+        .uuid(doc.domain_by_name(&name).unwrap())
+        .unwrap()
+        .to_string();
+    let dir = env.tmp.path().join("varlib/appvms").join(&name);
+    assert!(dir.is_dir());
+    let xml = env.tmp.path().join("disp.xml");
+    std::fs::write(&xml, domain_xml(&name, &uuid)).unwrap();
+    env.virsh(&["define", xml.to_str().unwrap()]);
+    env.virsh(&["start", &name]);
+    let before = qubes_admin::events::read_after(&env.run_dir(), 0)
+        .unwrap()
+        .len() as u64;
+    assert_eq!(env.call("admin.vm.Kill", &name, None), b"0\0");
+    let evs: Vec<String> = qubes_admin::events::read_after(&env.run_dir(), before)
+        .unwrap()
+        .iter()
+        .map(|(_, e)| format!("{}|{}|{:?}", e.subject, e.name, e.kwargs))
+        .collect();
+    let vm = format!("[(\"vm\", \"{name}\")]");
+    assert_eq!(
+        evs,
+        [
+            format!("{name}|property-reset:xid|[(\"name\", \"xid\")]"),
+            format!("{name}|property-reset:stubdom_xid|[(\"name\", \"stubdom_xid\")]"),
+            format!("{name}|property-reset:start_time|[(\"name\", \"start_time\")]"),
+            format!("{name}|domain-stopped|[]"),
+            format!("|domain-pre-delete|{vm}"),
+            format!("|domain-delete|{vm}"),
+        ]
+    );
+    let doc = qubes_admin::store::load(&xml_path).unwrap().0;
+    assert!(doc.domain_by_name(&name).is_none());
+    assert!(!dir.exists());
     env.stop_helper();
 }

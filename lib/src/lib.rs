@@ -209,16 +209,20 @@ impl System {
                 return Err(e);
             }
         };
+        // Events first: work after the call (a disposable's auto-cleanup) logs its own after.
+        let logged = if outcome.events.is_empty() {
+            Ok(0)
+        } else {
+            events::append(&self.config.run_dir, &outcome.events)
+        };
         for f in outcome.after_commit {
             f();
         }
-        if !outcome.events.is_empty() {
-            events::append(&self.config.run_dir, &outcome.events).map_err(|e| {
-                ApiError::qubes(format!(
-                    "the call succeeded, but its events were not logged: {e}"
-                ))
-            })?;
-        }
+        logged.map_err(|e| {
+            ApiError::qubes(format!(
+                "the call succeeded, but its events were not logged: {e}"
+            ))
+        })?;
         Ok(body)
     }
 }

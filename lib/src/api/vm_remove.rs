@@ -142,15 +142,6 @@ pub fn remove(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     let dir = volumes::has_storage(ctx.doc().class(id)).then(|| volumes::vm_dir(ctx, id));
     ctx.doc_mut()?.remove_domain(id);
     ctx.emit("", "domain-delete", &[("vm", &name)]);
-    ctx.after_commit(move || {
-        volumes::remove_volumes(&pools, &vols);
-        if let Some(dir) = dir {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => eprintln!("qubes-admin: removing {}: {e}", dir.display()),
-            }
-        }
-    });
+    ctx.after_commit(move || volumes::remove_from_disk(&pools, &vols, dir.as_deref()));
     Ok(Vec::new())
 }

@@ -5,11 +5,14 @@
 use std::fs::File;
 
 use crate::error::{ApiError, ExcType};
+use crate::events::Event;
 use crate::model::context::Ctx;
 use crate::model::power_state::vm_uuid;
+use crate::model::props::{defaults, value::Val};
 use crate::model::volumes;
 use crate::runtime::{DomState, DomainRuntime, HvError};
 use crate::store::DomId;
+use crate::store::WriteTxn;
 use crate::wire::python::repr;
 
 /// The per-qube operation lock (`<run_dir>/qubes-admin/qube-<uuid>.lock`, `flock`): two
@@ -68,7 +71,10 @@ pub fn op_error(e: HvError, name: &str, not_running: bool) -> ApiError {
 /// Stop processing (§10.3) for a qube libvirt reports stopped: its volumes stop (commit,
 /// discard; errors only reported, as the reference logs them), the running-state marks go, and
 /// the events follow in the order a subscriber sees them: the computed properties that reset
-/// (`xid`, `stubdom_xid`, `start_time`), `domain-stopped`, `domain-shutdown`.
+/// (`xid`, `stubdom_xid`, `start_time`), `domain-stopped`, `domain-shutdown`. A disposable
+/// with `auto_cleanup` is removed instead of reaching `domain-shutdown` (its subscribers are
+/// gone by then): `domain-pre-delete`, `domain-delete`, in a qubes.xml transaction of its own
+/// once the call's events are logged.
 pub fn stop_processing(ctx: &mut Ctx<'_>, id: DomId) -> Result<(), ApiError> {
     let pools = volumes::pools(ctx);
     let vols = volumes::volumes_of(ctx, &pools, id)?;
@@ -78,6 +84,52 @@ pub fn stop_processing(ctx: &mut Ctx<'_>, id: DomId) -> Result<(), ApiError> {
         ctx.emit(&name, format!("property-reset:{prop}"), &[("name", prop)]);
     }
     ctx.emit(&name, "domain-stopped", &[]);
-    ctx.emit(&name, "domain-shutdown", &[]);
+    let auto_cleanup = ctx.doc().class(id) == "DispVM"
+        && matches!(
+            defaults::vm_prop(ctx, id, "auto_cleanup", 0),
+            Ok(Val::Bool(true))
+        );
+    if !auto_cleanup {
+        ctx.emit(&name, "domain-shutdown", &[]);
+        return Ok(());
+    }
+    let config = ctx.config.clone();
+    let uuid = vm_uuid(ctx, id)?;
+    let dir = volumes::vm_dir(ctx, id);
+    ctx.after_commit(move || {
+        if let Err(e) = remove_disposable(&config, &uuid, pools, vols, &dir) {
+            eprintln!("qubes-admin: removing disposable {uuid}: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// The auto-cleanup of a stopped disposable: out of qubes.xml (with its events), then off the
+/// disk. Nothing happens if it is gone already.
+fn remove_disposable(
+    config: &crate::Config,
+    uuid: &str,
+    pools: Vec<crate::storage::Pool>,
+    vols: Vec<crate::storage::VolumeConfig>,
+    dir: &std::path::Path,
+) -> Result<(), ApiError> {
+    let mut txn = WriteTxn::begin(&config.xml_path, config.lock_timeout)?;
+    let Some(id) = txn.doc().domain_by_uuid(uuid) else {
+        return Ok(());
+    };
+    let name = txn.doc().name(id).to_string();
+    txn.doc_mut().remove_domain(id);
+    let events = [
+        Event::new(
+            "",
+            "domain-pre-delete",
+            vec![("vm".to_string(), name.clone())],
+        ),
+        Event::new("", "domain-delete", vec![("vm".to_string(), name)]),
+    ];
+    let logged = txn.commit_then(|| crate::events::append(&config.run_dir, &events))?;
+    drop(txn);
+    volumes::remove_from_disk(&pools, &vols, Some(dir));
+    logged?;
     Ok(())
 }

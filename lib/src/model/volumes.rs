@@ -336,6 +336,19 @@ pub fn remove_volumes(pools: &[Pool], vols: &[VolumeConfig]) {
     }
 }
 
+/// Deletes a removed qube's volumes and its directory; errors are reported on stderr only, as
+/// the reference only logs them.
+pub fn remove_from_disk(pools: &[Pool], vols: &[VolumeConfig], dir: Option<&std::path::Path>) {
+    remove_volumes(pools, vols);
+    if let Some(dir) = dir {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("qubes-admin: removing {}: {e}", dir.display()),
+        }
+    }
+}
+
 /// A new volume config must name a known pool: the check `CreateInPool` makes before anything
 /// is created (`QubesException "Unknown storage pool <pool>"`).
 pub fn check_pools_exist(pools: &[Pool], choice: &PoolChoice) -> Result<(), ApiError> {

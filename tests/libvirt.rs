@@ -694,3 +694,165 @@ fn killed_disposable_is_cleaned_up() {
     assert!(!dir.exists());
     env.stop_helper();
 }
+
+/// admin.vm.Start against the private libvirtd (test driver): a refusal for missing images,
+/// the whole sequence of events, the netvm chain started first, the volumes started, a no-op
+/// Start of a running qube, and Kill undoing it all.
+#[test]
+fn start_with_its_netvm_chain() {
+    let Some(mut env) = setup() else { return };
+    env.start_helper();
+    let call = |m: &str, dest: &str, payload: &[u8]| -> String {
+        let mut cmd = Command::new(CALL);
+        cmd.arg("--socket-request")
+            .env("QUBES_XML_PATH", env.tmp.path().join("qubes.xml"))
+            .env("QUBES_BASE_DIR", env.tmp.path().join("varlib"))
+            .env("QUBES_RUN_DIR", env.run_dir())
+            .env("QUBES_LIBVIRT_URI", &env.uri)
+            .env_remove("QREXEC_SERVICE_FULL_NAME");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut req = format!("{m} dom0 name {dest}\0").into_bytes();
+        req.extend_from_slice(payload);
+        child.stdin.take().unwrap().write_all(&req).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let varlib = env.tmp.path().join("varlib");
+    // The fixture's qubes have nothing on disk here: the storage check refuses (the qube's
+    // directory first, then the images), nothing starts.
+    let r = call("admin.vm.Start+", "vm0003", b"");
+    assert_eq!(
+        r,
+        format!(
+            "2\0QubesVMError\0\0VM directory does not exist: {}/appvms/vm0003\0",
+            varlib.display()
+        )
+    );
+    std::fs::create_dir_all(varlib.join("appvms/vm0003")).unwrap();
+    let r = call("admin.vm.Start+", "vm0003", b"");
+    assert_eq!(
+        r,
+        format!(
+            "2\0StoragePoolException\0\0Missing image file: '{}/vm-templates/fedora-41/root.img'\0",
+            varlib.display()
+        )
+    );
+    // The default kernel, a template with images, a net qube and a qube behind it.
+    let kernel = varlib.join("vm-kernels/6.6.0-test");
+    std::fs::create_dir_all(&kernel).unwrap();
+    std::fs::write(kernel.join("vmlinuz"), b"").unwrap();
+    assert_eq!(
+        call(
+            "admin.vm.Create.TemplateVM+",
+            "dom0",
+            b"name=t1 label=black"
+        ),
+        "0\0"
+    );
+    assert_eq!(
+        call("admin.vm.Create.AppVM+t1", "dom0", b"name=net1 label=red"),
+        "0\0"
+    );
+    assert_eq!(call("admin.vm.property.Set+netvm", "net1", b""), "0\0");
+    assert_eq!(
+        call("admin.vm.property.Set+provides_network", "net1", b"True"),
+        "0\0"
+    );
+    assert_eq!(
+        call("admin.vm.Create.AppVM+t1", "dom0", b"name=a1 label=green"),
+        "0\0"
+    );
+    assert_eq!(call("admin.vm.property.Set+netvm", "a1", b"net1"), "0\0");
+    let seen = qubes_admin::events::read_after(&env.run_dir(), 0)
+        .unwrap()
+        .len() as u64;
+    assert_eq!(call("admin.vm.Start+", "a1", b""), "0\0");
+    let evs: Vec<String> = qubes_admin::events::read_after(&env.run_dir(), seen)
+        .unwrap()
+        .iter()
+        .map(|(_, e)| {
+            let kw: Vec<String> = e.kwargs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{}|{}|{}", e.subject, e.name, kw.join(","))
+        })
+        .collect();
+    let seq = |vm: &str| -> Vec<String> {
+        [
+            "domain-pre-spawn|start_guid=True",
+            "property-reset:xid|name=xid",
+            "property-reset:stubdom_xid|name=stubdom_xid",
+            "property-reset:start_time|name=start_time",
+            "domain-spawn|start_guid=True",
+            "domain-pre-unpaused|",
+            "domain-unpaused|",
+            "domain-start|start_guid=True",
+        ]
+        .iter()
+        .map(|e| format!("{vm}|{e}"))
+        .collect()
+    };
+    let mut want = vec!["a1|domain-pre-start|start_guid=True,mem_required=None".to_string()];
+    want.push("net1|domain-pre-start|start_guid=True,mem_required=None".to_string());
+    want.extend(seq("net1"));
+    want.extend(seq("a1"));
+    assert_eq!(evs, want);
+    let running = |name: &str| {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &env.uri, "domstate", name])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(running("a1"), "running");
+    assert_eq!(running("net1"), "running");
+    let a1 = varlib.join("appvms/a1");
+    for f in [
+        "private-dirty.img",
+        "root-dirty.img",
+        "root.img",
+        "volatile-dirty.img",
+    ] {
+        assert!(a1.join(f).exists(), "{f}");
+    }
+    assert!(env
+        .run_dir()
+        .join("volume-running-varlibqubes:appvms-a1-root")
+        .exists());
+    let list = String::from_utf8(env.call("admin.vm.List", "a1", None)).unwrap();
+    assert!(
+        list.starts_with("0\0a1 class=AppVM state=Running uuid="),
+        "{list}"
+    );
+    // A running qube: Start is a no-op.
+    let seen = qubes_admin::events::read_after(&env.run_dir(), 0)
+        .unwrap()
+        .len() as u64;
+    assert_eq!(call("admin.vm.Start+", "a1", b""), "0\0");
+    assert!(qubes_admin::events::read_after(&env.run_dir(), seen)
+        .unwrap()
+        .is_empty());
+    // Kill undoes the volumes' start: the private image is committed, the rest is gone.
+    assert_eq!(call("admin.vm.Kill+", "a1", b""), "0\0");
+    assert!(!a1.join("root-dirty.img").exists() && !a1.join("volatile-dirty.img").exists());
+    assert!(!a1.join("private-dirty.img").exists() && a1.join("private.img").exists());
+    assert!(!env
+        .run_dir()
+        .join("volume-running-varlibqubes:appvms-a1-root")
+        .exists());
+    // dom0 and prohibit-start.
+    assert_eq!(
+        call("admin.vm.Start+", "dom0", b""),
+        "2\0QubesVMNotHaltedError\0\0Cannot start Dom0 fake domain!\0"
+    );
+    assert_eq!(
+        call("admin.vm.feature.Set+prohibit-start", "a1", b"broken"),
+        "0\0"
+    );
+    assert_eq!(
+        call("admin.vm.Start+", "a1", b""),
+        "2\0QubesException\0\0Qube start is prohibited. Rationale: broken\0"
+    );
+    env.stop_helper();
+}

@@ -124,6 +124,7 @@ pub static METHODS: &[Method] = &[
     socket_only(m("admin.vm.CreateInPool.RemoteVM",   AdminVm,    Optional,  Optional,  Global, Write, vm_create::create_in_pool)),
     m("admin.vm.CreateDisposable",                    Any,        Optional,  Optional,  Global, Write, vm_create::create_disposable),
     m("admin.vm.Remove",                              Any,        Forbidden, Forbidden, Global, Write, vm_remove::remove),
+    m("admin.vm.Start",                               Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::start),
     m("admin.vm.Pause",                               Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::pause),
     m("admin.vm.Unpause",                             Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::unpause),
     m("admin.vm.Kill",                                Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::kill),
@@ -370,8 +371,7 @@ mod tests {
                     || n.starts_with("admin.backup.")
                     || matches!(
                         *n,
-                        "admin.vm.Start"
-                            | "admin.vm.Suspend"
+                        "admin.vm.Suspend"
                             | "admin.vm.Resume"
                             | "admin.Events"
                             | "admin.vm.Stats"

@@ -1,7 +1,7 @@
-//! admin.vm.Pause, Unpause, Kill and Shutdown (`core.md` §3.11) through libvirt. These
+//! admin.vm.Start, Pause, Unpause, Kill and Shutdown (`core.md` §3.11, §10) through libvirt. These
 //! calls run on a read-only view of qubes.xml (they do not save it) under the qube's operation
-//! lock, so a long libvirt operation never holds the qubes.xml lock. (Start, Suspend and Resume:
-//! the rest of the lifecycle issue.) A failed call logs no events (the reference also fires
+//! lock, so a long libvirt operation never holds the qubes.xml lock. (Suspend, Resume and the
+//! dom0 services a started qube needs: the rest of the lifecycle issue.) A failed call logs no events (the reference also fires
 //! `domain-shutdown-failed`; see the README's deviations).
 
 use crate::error::{ApiError, ExcType};
@@ -9,8 +9,10 @@ use crate::model::context::Ctx;
 use crate::model::lifecycle::{
     is_active, is_paused, live_domain, lock_qube, op_error, stop_processing,
 };
-use crate::model::power_state::vm_uuid;
+use crate::model::power_state::{vm_power_state, vm_uuid, PowerState};
 use crate::model::props::{defaults, value::Val};
+use crate::model::volumes;
+use crate::runtime::domain_xml::Flavour;
 use crate::runtime::Op;
 use crate::store::DomId;
 use crate::wire::python::repr;
@@ -216,4 +218,96 @@ pub fn shutdown(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
         stop_processing(ctx, id)?;
     }
     Ok(Vec::new())
+}
+
+/// `admin.vm.Start`: a no-op unless the qube is halted; otherwise its netvm chain first, then
+/// the reference's sequence (§10.2): `domain-pre-start`, storage verified and started,
+/// `domain-pre-spawn`, the domain defined and started paused, `domain-spawn`, resumed
+/// (`domain-pre-unpaused`, `domain-unpaused`), `domain-start`. A failure after the storage
+/// started stops it again (and destroys a spawned domain).
+pub fn start(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    let not_halted = |m: &str| Err(ApiError::new(ExcType::QubesVMNotHaltedError, m));
+    match ctx.doc().class(ctx.dest) {
+        "AdminVM" => return not_halted("Cannot start Dom0 fake domain!"),
+        "RemoteVM" => return not_halted("Cannot start a RemoteVM."),
+        _ => {}
+    }
+    let id = ctx.dest;
+    start_qube(ctx, id, 0)?;
+    Ok(Vec::new())
+}
+
+fn start_failed(msg: &str) -> ApiError {
+    ApiError::qubes(format!(
+        "Start failed: {msg}, see /var/log/libvirt/libxl/libxl-driver.log for details"
+    ))
+}
+
+fn start_qube(ctx: &mut Ctx<'_>, id: DomId, depth: u32) -> Result<(), ApiError> {
+    if depth > 16 {
+        return Err(ApiError::qubes("the netvm chain is too long (a loop?)"));
+    }
+    let name = ctx.doc().name(id).to_string();
+    let _lock = lock_qube(ctx, id)?;
+    let dom = live_domain(ctx, id)?;
+    if vm_power_state(ctx, id, dom.as_ref())? != PowerState::Halted {
+        return Ok(());
+    }
+    if let Some(why) = ctx
+        .doc()
+        .data(id)?
+        .feature("prohibit-start")
+        .filter(|v| !v.is_empty())
+    {
+        return Err(ApiError::qubes(format!(
+            "Qube start is prohibited. Rationale: {why}"
+        )));
+    }
+    let guid = [("start_guid", "True")];
+    ctx.emit(
+        &name,
+        "domain-pre-start",
+        &[("start_guid", "True"), ("mem_required", "None")],
+    );
+    let pools = volumes::pools(ctx);
+    let vols = volumes::volumes_of(ctx, &pools, id)?;
+    let dir = volumes::vm_dir(ctx, id);
+    volumes::verify_storage(&dir, &pools, &vols)?;
+    if let Some(net) = defaults::netvm_of(ctx, id, 0).filter(|n| !ctx.doc().is_admin(*n)) {
+        start_qube(ctx, net, depth + 1)?;
+    }
+    let flavour = match Flavour::for_uri(&ctx.config.libvirt_uri) {
+        Some(Flavour::Xen) | None => {
+            return Err(start_failed(&format!(
+                "the domain XML for {} is not built yet (test and qemu URIs are)",
+                ctx.config.libvirt_uri
+            )))
+        }
+        Some(f) => f,
+    };
+    let spec = crate::model::lifecycle::domain_spec(ctx, id, &pools, &vols)?;
+    let xml = spec.to_xml(flavour).unwrap_or_default();
+    let run_dir = ctx.config.run_dir.clone();
+    volumes::start_storage(&run_dir, &dir, &pools, &vols)?;
+    ctx.emit(&name, "domain-pre-spawn", &guid);
+    let uuid = vm_uuid(ctx, id)?;
+    let hv = ctx.hypervisor();
+    let spawned = hv.define(&xml).and_then(|()| hv.op(&uuid, Op::StartPaused));
+    if let Err(e) = spawned {
+        volumes::stop_storage(&run_dir, &pools, &vols);
+        return Err(start_failed(&e.to_string()));
+    }
+    for prop in ["xid", "stubdom_xid", "start_time"] {
+        ctx.emit(&name, format!("property-reset:{prop}"), &[("name", prop)]);
+    }
+    ctx.emit(&name, "domain-spawn", &guid);
+    ctx.emit(&name, "domain-pre-unpaused", &[]);
+    if let Err(e) = ctx.hypervisor().op(&uuid, Op::Resume) {
+        let _ = ctx.hypervisor().op(&uuid, Op::Destroy);
+        volumes::stop_storage(&run_dir, &pools, &vols);
+        return Err(start_failed(&e.to_string()));
+    }
+    ctx.emit(&name, "domain-unpaused", &[]);
+    ctx.emit(&name, "domain-start", &guid);
+    Ok(())
 }

@@ -133,3 +133,72 @@ fn remove_disposable(
     logged?;
     Ok(())
 }
+
+/// The domain description of qube `id` from its properties and volumes: memory, maxmem (0:
+/// the memory), vcpus, the dom0-provided kernel (if its files exist), the volumes' paths (the
+/// kernel's `modules.img` read-only, if present) and, with a netvm, the MAC.
+pub fn domain_spec(
+    ctx: &Ctx<'_>,
+    id: DomId,
+    pools: &[crate::storage::Pool],
+    vols: &[crate::storage::VolumeConfig],
+) -> Result<crate::runtime::domain_xml::DomainSpec, ApiError> {
+    use crate::runtime::domain_xml::{Disk, DomainSpec, Kernel};
+    let int = |p: &str| match defaults::vm_prop(ctx, id, p, 0) {
+        Ok(Val::Int(n)) => u64::try_from(n).unwrap_or(0),
+        _ => 0,
+    };
+    let text = |p: &str| match defaults::vm_prop(ctx, id, p, 0) {
+        Ok(Val::Text(t)) => Some(t),
+        _ => None,
+    };
+    let memory_mib = int("memory");
+    let maxmem = int("maxmem");
+    let mut kernel = None;
+    let mut disks = Vec::new();
+    for v in vols {
+        let pool = volumes::find_pool(pools, &v.pool)?;
+        if pool.driver_name == "linux-kernel" {
+            let Some(dir) = pool.driver().dir_path().filter(|_| !v.vid.is_empty()) else {
+                continue;
+            };
+            let kdir = dir.join(&v.vid);
+            let vmlinuz = kdir.join("vmlinuz");
+            if vmlinuz.exists() {
+                let initrd = kdir.join("initramfs");
+                kernel = Some(Kernel {
+                    vmlinuz: vmlinuz.to_string_lossy().into_owned(),
+                    initrd: initrd
+                        .exists()
+                        .then(|| initrd.to_string_lossy().into_owned()),
+                    cmdline: text("kernelopts").unwrap_or_default(),
+                });
+            }
+            let modules = kdir.join("modules.img");
+            if modules.exists() {
+                disks.push(Disk {
+                    path: modules.to_string_lossy().into_owned(),
+                    readonly: true,
+                });
+            }
+            continue;
+        }
+        disks.push(Disk {
+            path: pool.driver().path(v)?,
+            readonly: !v.rw,
+        });
+    }
+    Ok(DomainSpec {
+        name: ctx.doc().name(id).to_string(),
+        uuid: vm_uuid(ctx, id)?,
+        memory_mib,
+        maxmem_mib: if maxmem == 0 { memory_mib } else { maxmem },
+        vcpus: int("vcpus").max(1),
+        kernel,
+        disks,
+        mac: defaults::netvm_of(ctx, id, 0)
+            .is_some()
+            .then(|| text("mac"))
+            .flatten(),
+    })
+}

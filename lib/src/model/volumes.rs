@@ -383,12 +383,8 @@ fn pool_of<'p>(pools: &'p [Pool], v: &VolumeConfig) -> Result<&'p Pool, ApiError
     find_pool(pools, &v.pool)
 }
 
-/// `Storage.start` (§B.5): the qube's directory must exist (`QubesVMError "VM directory does
-/// not exist: <dir>"`), every volume must verify, then every volume starts and the running-state
-/// files (`<run_dir>/volume-running-…`) are written. A volume that fails to start stops the
-/// ones started before it.
-pub fn start_storage(
-    run_dir: &std::path::Path,
+/// `Storage.verify`: the qube's directory exists and every volume has what it needs.
+pub fn verify_storage(
     dir: &std::path::Path,
     pools: &[Pool],
     vols: &[VolumeConfig],
@@ -402,6 +398,20 @@ pub fn start_storage(
     for v in vols {
         pool_of(pools, v)?.driver().verify(v)?;
     }
+    Ok(())
+}
+
+/// `Storage.start` (§B.5): the qube's directory must exist (`QubesVMError "VM directory does
+/// not exist: <dir>"`), every volume must verify, then every volume starts and the running-state
+/// files (`<run_dir>/volume-running-…`) are written. A volume that fails to start stops the
+/// ones started before it.
+pub fn start_storage(
+    run_dir: &std::path::Path,
+    dir: &std::path::Path,
+    pools: &[Pool],
+    vols: &[VolumeConfig],
+) -> Result<(), ApiError> {
+    verify_storage(dir, pools, vols)?;
     for (i, v) in vols.iter().enumerate() {
         if let Err(e) = pool_of(pools, v).and_then(|p| Ok(p.driver().start(v)?)) {
             let started = vols.get(..i).unwrap_or_default();

@@ -8,6 +8,7 @@
 //! See docs/runtime.md.
 
 pub mod client;
+pub mod domain_xml;
 pub mod proto;
 
 #[cfg(feature = "libvirt")]

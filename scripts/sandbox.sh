@@ -19,7 +19,8 @@ source "$DIR/env"
 echo "# environment contract (also in $DIR/env):"
 sed 's/^/#   /' "$DIR/env"
 
-# The one long-lived helper: runtime state from libvirt (here the test driver, in-process).
+# The one long-lived helper: runtime state from libvirt (here the test driver, in-process: the
+# qubes it starts live as long as the helper runs).
 "$BIN/qubes-admin-eventd" > "$DIR/eventd.log" 2>&1 &
 EVENTD=$!
 trap 'kill $EVENTD 2>/dev/null || true' EXIT
@@ -55,6 +56,23 @@ step "Notes (sanitised, stored in the VM's directory, not in qubes.xml)" admin.v
 step "...and read back" admin.vm.notes.Get work
 step "Runtime state of a halted qube" admin.vm.CurrentState work
 
+step "Storage pools (as qvm-pool lists them)" admin.pool.List dom0
+step "The pool new volumes go to" admin.pool.Info+varlibqubes dom0
+step "Create a template: sparse root and private images, reflinked where the filesystem can" admin.vm.Create.TemplateVM dom0 "name=tour-tpl label=black"
+step "Create a qube based on it (created-by tag, volume config in qubes.xml)" admin.vm.Create.AppVM+tour-tpl dom0 "name=tour-app label=green"
+step "Its volumes" admin.vm.volume.List tour-app
+step "...the private one in detail" admin.vm.volume.Info+private tour-app
+step "No network in the sandbox: no netvm for it" admin.vm.property.Set+netvm tour-app
+step "Start it: volumes started, domain defined and started in libvirt (the test driver)" admin.vm.Start tour-app
+step "It runs" admin.vm.List tour-app
+step "Pause it" admin.vm.Pause tour-app
+step "...paused" admin.vm.CurrentState tour-app
+step "Unpause it" admin.vm.Unpause tour-app
+step "Kill it (the reply waits for the stop processing: private committed, the rest discarded)" admin.vm.Kill tour-app
+step "Its revisions: the state before this run" admin.vm.volume.ListSnapshots+private tour-app
+step "Remove it (its images go after the commit, outside the qubes.xml lock)" admin.vm.Remove tour-app
+step "...and the template" admin.vm.Remove tour-tpl
+
 echo
 echo "## The same call as qrexec runs it (exec-service mode: identity from the environment)"
 echo "\$ QREXEC_SERVICE_FULL_NAME=admin.vm.property.Get+label QREXEC_REMOTE_DOMAIN=dom0 QREXEC_REQUESTED_TARGET_TYPE=name QREXEC_REQUESTED_TARGET=work qubes-admin-call label | od -c"
@@ -65,7 +83,7 @@ QREXEC_SERVICE_FULL_NAME=admin.vm.property.Get+label QREXEC_REMOTE_DOMAIN=dom0 \
 echo
 echo "## Events the writes above appended to the event log ($QUBES_RUN_DIR/qubes-admin/events.log)"
 if [[ -f $QUBES_RUN_DIR/qubes-admin/events.log ]]; then
-    tr '\0' ' ' < "$QUBES_RUN_DIR/qubes-admin/events.log" | grep -a -o 'property-set:[a-z_]*\|domain-feature-set:[a-z_.]*\|domain-tag-add:[a-z_-]*' | sort | uniq -c
+    tr '\0' ' ' < "$QUBES_RUN_DIR/qubes-admin/events.log" | grep -a -o 'property-set:[a-z_]*\|domain-feature-set:[a-z_.]*\|domain-tag-add:[a-z0-9_-]*\|domain-[a-z-]*' | sort | uniq -c
 fi
 echo
 echo "# done: source $DIR/env and run $BIN/qubes-admin-call call METHOD[+ARG] [DEST] yourself"

@@ -101,6 +101,21 @@ impl Env {
         self.tmp.path().join("run")
     }
 
+    /// The events logged after sequence number `seen` (which moves on), as
+    /// `subject|event|k=v,…`.
+    fn events_after(&self, seen: &mut u64) -> Vec<String> {
+        let evs = qubes_admin::events::read_after(&self.run_dir(), *seen).unwrap();
+        if let Some((s, _)) = evs.last() {
+            *seen = *s;
+        }
+        evs.iter()
+            .map(|(_, e)| {
+                let kw: Vec<String> = e.kwargs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{}|{}|{}", e.subject, e.name, kw.join(","))
+            })
+            .collect()
+    }
+
     fn socket(&self) -> PathBuf {
         self.run_dir().join("qubes-admin/eventd.sock")
     }
@@ -505,18 +520,7 @@ fn pause_unpause_kill() {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let mut seen = 0;
-    let mut events = || {
-        let evs = qubes_admin::events::read_after(&env.run_dir(), seen).unwrap();
-        if let Some((s, _)) = evs.last() {
-            seen = *s;
-        }
-        evs.iter()
-            .map(|(_, e)| {
-                let kw: Vec<String> = e.kwargs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                format!("{}|{}|{}", e.subject, e.name, kw.join(","))
-            })
-            .collect::<Vec<_>>()
-    };
+    let mut events = || env.events_after(&mut seen);
     let call = |m: &str, dest: &str| String::from_utf8(env.call(m, dest, None)).unwrap();
 
     assert_eq!(
@@ -588,18 +592,7 @@ fn shutdown() {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let mut seen = 0;
-    let mut events = || {
-        let evs = qubes_admin::events::read_after(&env.run_dir(), seen).unwrap();
-        if let Some((s, _)) = evs.last() {
-            seen = *s;
-        }
-        evs.iter()
-            .map(|(_, e)| {
-                let kw: Vec<String> = e.kwargs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                format!("{}|{}|{}", e.subject, e.name, kw.join(","))
-            })
-            .collect::<Vec<_>>()
-    };
+    let mut events = || env.events_after(&mut seen);
     let call = |m: &str, dest: &str| String::from_utf8(env.call(m, dest, None)).unwrap();
 
     assert_eq!(
@@ -766,18 +759,10 @@ fn start_with_its_netvm_chain() {
         "0\0"
     );
     assert_eq!(call("admin.vm.property.Set+netvm", "a1", b"net1"), "0\0");
-    let seen = qubes_admin::events::read_after(&env.run_dir(), 0)
-        .unwrap()
-        .len() as u64;
+    let mut seen = 0;
+    env.events_after(&mut seen);
     assert_eq!(call("admin.vm.Start+", "a1", b""), "0\0");
-    let evs: Vec<String> = qubes_admin::events::read_after(&env.run_dir(), seen)
-        .unwrap()
-        .iter()
-        .map(|(_, e)| {
-            let kw: Vec<String> = e.kwargs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!("{}|{}|{}", e.subject, e.name, kw.join(","))
-        })
-        .collect();
+    let evs = env.events_after(&mut seen);
     let seq = |vm: &str| -> Vec<String> {
         [
             "domain-pre-spawn|start_guid=True",
@@ -826,13 +811,9 @@ fn start_with_its_netvm_chain() {
         "{list}"
     );
     // A running qube: Start is a no-op.
-    let seen = qubes_admin::events::read_after(&env.run_dir(), 0)
-        .unwrap()
-        .len() as u64;
+    env.events_after(&mut seen);
     assert_eq!(call("admin.vm.Start+", "a1", b""), "0\0");
-    assert!(qubes_admin::events::read_after(&env.run_dir(), seen)
-        .unwrap()
-        .is_empty());
+    assert!(env.events_after(&mut seen).is_empty());
     // Kill undoes the volumes' start: the private image is committed, the rest is gone.
     assert_eq!(call("admin.vm.Kill+", "a1", b""), "0\0");
     assert!(!a1.join("root-dirty.img").exists() && !a1.join("volatile-dirty.img").exists());

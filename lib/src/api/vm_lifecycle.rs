@@ -7,7 +7,8 @@
 use crate::error::{ApiError, ExcType};
 use crate::model::context::Ctx;
 use crate::model::lifecycle::{
-    is_active, is_paused, live_domain, lock_qube, op_error, stop_processing,
+    is_active, is_paused, live_domain, lock_qube, not_running, op_error, powered_off,
+    stop_processing,
 };
 use crate::model::power_state::{vm_power_state, vm_uuid, PowerState};
 use crate::model::props::{defaults, value::Val};
@@ -36,13 +37,7 @@ pub fn pause(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     let (id, name) = (ctx.dest, ctx.dest_name().to_string());
     let _lock = lock_qube(ctx, id)?;
     if !is_active(live_domain(ctx, id)?.as_ref()) {
-        return Err(ApiError::new(
-            ExcType::QubesVMNotRunningError,
-            format!(
-                "Domain not running (either powered off or paused): {}",
-                repr(&name)
-            ),
-        ));
+        return Err(not_running(&name));
     }
     ctx.emit(&name, "domain-pre-paused", &[]);
     let uuid = vm_uuid(ctx, id)?;
@@ -94,10 +89,7 @@ pub fn kill(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     let (id, name) = (ctx.dest, ctx.dest_name().to_string());
     let _lock = lock_qube(ctx, id)?;
     if !is_active(live_domain(ctx, id)?.as_ref()) {
-        return Err(ApiError::new(
-            ExcType::QubesVMNotStartedError,
-            format!("Domain is powered off: {}", repr(&name)),
-        ));
+        return Err(powered_off(&name));
     }
     let uuid = vm_uuid(ctx, id)?;
     ctx.hypervisor()
@@ -151,10 +143,7 @@ pub fn shutdown(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     let _lock = lock_qube(ctx, id)?;
     let dom = live_domain(ctx, id)?;
     if !is_active(dom.as_ref()) {
-        return Err(ApiError::new(
-            ExcType::QubesVMNotStartedError,
-            format!("Domain is powered off: {}", repr(&name)),
-        ));
+        return Err(powered_off(&name));
     }
     let flag = if force { "True" } else { "False" };
     ctx.emit(&name, "domain-pre-shutdown", &[("force", flag)]);
@@ -184,13 +173,7 @@ pub fn shutdown(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     }
     let paused = is_paused(dom.as_ref());
     if paused && !force {
-        return Err(ApiError::new(
-            ExcType::QubesVMNotRunningError,
-            format!(
-                "Domain not running (either powered off or paused): {}",
-                repr(&name)
-            ),
-        ));
+        return Err(not_running(&name));
     }
     let uuid = vm_uuid(ctx, id)?;
     let op = if paused { Op::Destroy } else { Op::Shutdown };

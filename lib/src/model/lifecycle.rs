@@ -55,14 +55,30 @@ pub fn is_paused(dom: Option<&DomainRuntime>) -> bool {
     dom.is_some_and(|d| d.active && d.state == DomState::Paused)
 }
 
+/// `QubesVMNotStartedError "Domain is powered off: '<name>'"`.
+pub fn powered_off(name: &str) -> ApiError {
+    ApiError::new(
+        ExcType::QubesVMNotStartedError,
+        format!("Domain is powered off: {}", repr(name)),
+    )
+}
+
+/// `QubesVMNotRunningError "Domain not running (either powered off or paused): '<name>'"`.
+pub fn not_running(name: &str) -> ApiError {
+    ApiError::new(
+        ExcType::QubesVMNotRunningError,
+        format!(
+            "Domain not running (either powered off or paused): {}",
+            repr(name)
+        ),
+    )
+}
+
 /// A libvirt refusal as the reference reports it: for Kill (`not_running`) the qube stopped
 /// between the check and the destroy; otherwise libvirt's message.
 pub fn op_error(e: HvError, name: &str, not_running: bool) -> ApiError {
     match e {
-        HvError::Failed(_) if not_running => ApiError::new(
-            ExcType::QubesVMNotStartedError,
-            format!("Domain is powered off: {}", repr(name)),
-        ),
+        HvError::Failed(_) if not_running => powered_off(name),
         HvError::Failed(m) => ApiError::new(ExcType::QubesVMError, m),
         other => other.into(),
     }

@@ -546,6 +546,34 @@ fn pause_unpause_kill() {
             "vm0000|domain-shutdown|",
         ]
     );
+    // Suspend (socket only): without PM suspend, the reference's fallback, a pause; Resume of
+    // a paused (not PM-suspended) qube is an Unpause.
+    env.virsh(&["start", "vm0000"]);
+    assert_eq!(call("admin.vm.Suspend", "vm0000"), "0\0");
+    assert_eq!(domstate(&env), "paused");
+    assert_eq!(call("admin.vm.Resume", "vm0000"), "0\0");
+    assert_eq!(domstate(&env), "running");
+    assert_eq!(
+        events(),
+        [
+            "vm0000|domain-pre-paused|",
+            "vm0000|domain-pre-unpaused|",
+            "vm0000|domain-unpaused|"
+        ]
+    );
+    env.virsh(&["destroy", "vm0000"]);
+    assert_eq!(
+        call("admin.vm.Suspend", "dom0"),
+        "2\0QubesVMError\0\0Cannot suspend Dom0 fake domain!\0"
+    );
+    assert_eq!(
+        call("admin.vm.Resume", "vm0000"),
+        "2\0QubesVMNotPausedError\0\0Domain is not paused: 'vm0000'\0"
+    );
+    assert_eq!(
+        call("admin.vm.Suspend", "vm0000"),
+        "2\0QubesVMNotRunningError\0\0Domain not running (either powered off or paused): 'vm0000'\0"
+    );
     // Halted: the refusals, with no events.
     assert_eq!(
         call("admin.vm.Kill", "vm0000"),

@@ -128,6 +128,8 @@ pub static METHODS: &[Method] = &[
     m("admin.vm.Pause",                               Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::pause),
     m("admin.vm.Unpause",                             Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::unpause),
     m("admin.vm.Kill",                                Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::kill),
+    socket_only(m("admin.vm.Suspend",                 Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::suspend)),
+    socket_only(m("admin.vm.Resume",                  Any,        Forbidden, Forbidden, Local,  Execute, vm_lifecycle::resume)),
     m("admin.vm.Shutdown",                            Any,        Optional,  Forbidden, Local,  Execute, vm_lifecycle::shutdown),
     m("admin.pool.List",                              AdminVm,    Forbidden, Forbidden, Global, Read,  pool::list),
     m("admin.pool.ListDrivers",                       AdminVm,    Forbidden, Forbidden, Global, Read,  pool::list_drivers),
@@ -369,14 +371,7 @@ mod tests {
                     || n.starts_with("admin.deviceclass.")
                     || n.starts_with("admin.vm.firewall.")
                     || n.starts_with("admin.backup.")
-                    || matches!(
-                        *n,
-                        "admin.vm.Suspend"
-                            | "admin.vm.Resume"
-                            | "admin.Events"
-                            | "admin.vm.Stats"
-                            | "admin.vm.Console"
-                    )
+                    || matches!(*n, "admin.Events" | "admin.vm.Stats" | "admin.vm.Console")
             })
             .collect();
         assert_eq!(missing, expected);

@@ -294,3 +294,54 @@ fn start_qube(ctx: &mut Ctx<'_>, id: DomId, depth: u32) -> Result<(), ApiError> 
     ctx.emit(&name, "domain-start", &guid);
     Ok(())
 }
+
+/// `admin.vm.Suspend` (socket only): PM suspend is not available through this build's libvirt
+/// binding, so it takes the reference's fallback for drivers without it: `domain-pre-paused`
+/// and a pause. (The reference first runs `qubes.SuspendPre` in the qube: no qrexec yet.)
+pub fn suspend(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    match ctx.doc().class(ctx.dest) {
+        "AdminVM" => {
+            return Err(ApiError::new(
+                ExcType::QubesVMError,
+                "Cannot suspend Dom0 fake domain!",
+            ))
+        }
+        "RemoteVM" => {
+            return Err(ApiError::new(
+                ExcType::QubesVMError,
+                "Cannot suspend a RemoteVM.",
+            ))
+        }
+        _ => {}
+    }
+    let (id, name) = (ctx.dest, ctx.dest_name().to_string());
+    let _lock = lock_qube(ctx, id)?;
+    if !is_active(live_domain(ctx, id)?.as_ref()) {
+        return Err(not_running(&name));
+    }
+    ctx.emit(&name, "domain-pre-paused", &[]);
+    let uuid = vm_uuid(ctx, id)?;
+    ctx.hypervisor()
+        .op(&uuid, Op::Pause)
+        .map_err(|e| op_error(e, &name, false))?;
+    Ok(Vec::new())
+}
+
+/// `admin.vm.Resume` (socket only): a PM-suspended qube is woken up (`domain-resumed`);
+/// anything else is treated exactly as `admin.vm.Unpause`.
+pub fn resume(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    refuse_non_qubesvm(ctx, "resumed")?;
+    let (id, name) = (ctx.dest, ctx.dest_name().to_string());
+    let suspended = live_domain(ctx, id)?
+        .is_some_and(|d| d.active && d.state == crate::runtime::DomState::PmSuspended);
+    if !suspended {
+        return unpause(ctx);
+    }
+    let _lock = lock_qube(ctx, id)?;
+    let uuid = vm_uuid(ctx, id)?;
+    ctx.hypervisor()
+        .op(&uuid, Op::PmWakeup)
+        .map_err(|e| op_error(e, &name, false))?;
+    ctx.emit(&name, "domain-resumed", &[]);
+    Ok(Vec::new())
+}

@@ -176,6 +176,7 @@ impl Conn {
             Op::Shutdown => dom.shutdown(),
             Op::Destroy => dom.destroy(),
             Op::Undefine => dom.undefine(),
+            Op::PmWakeup => dom.pm_wakeup(0),
         }
         .map_err(call_err)
     }

@@ -36,16 +36,19 @@ pub enum Op {
     Destroy,
     /// Remove the (inactive) definition.
     Undefine,
+    /// Wake a domain up from PM suspend (`virDomainPMWakeup`).
+    PmWakeup,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::StartPaused,
         Op::Resume,
         Op::Pause,
         Op::Shutdown,
         Op::Destroy,
         Op::Undefine,
+        Op::PmWakeup,
     ];
 
     pub fn word(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Op {
             Op::Shutdown => "shutdown",
             Op::Destroy => "destroy",
             Op::Undefine => "undefine",
+            Op::PmWakeup => "pm-wakeup",
         }
     }
 

@@ -117,13 +117,6 @@ fn parse_params(ctx: &Ctx<'_>, allow_pool: bool) -> Result<Params, ApiError> {
     })
 }
 
-/// A global VM-valued property as a qube (None when unset or pointing nowhere).
-fn global_vm(ctx: &Ctx<'_>, prop: &str) -> Option<DomId> {
-    defaults::global_prop(ctx, prop)
-        .ok()
-        .and_then(|v| defaults::vm_ref(ctx, &v))
-}
-
 /// Whether a qube may be the template of a disposable (`template_for_dispvms`, None = false).
 fn is_dispvm_template(ctx: &Ctx<'_>, id: DomId) -> bool {
     matches!(
@@ -182,7 +175,7 @@ fn create_qube(ctx: &mut Ctx<'_>, allow_pool: bool) -> Result<Vec<u8>, ApiError>
     }
     let template = if has_template(&class) {
         let t = template.or_else(|| {
-            global_vm(
+            defaults::global_vm(
                 ctx,
                 if class == "DispVM" {
                     "default_dispvm"
@@ -240,9 +233,7 @@ fn create_qube(ctx: &mut Ctx<'_>, allow_pool: bool) -> Result<Vec<u8>, ApiError>
 /// `uuid:<uuid>` when the payload is `uuid`.
 pub fn create_disposable(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     let template = if ctx.dest_is_admin() {
-        defaults::vm_prop(ctx, ctx.src, "default_dispvm", 0)
-            .ok()
-            .and_then(|v| defaults::vm_ref(ctx, &v))
+        defaults::vm_prop_ref(ctx, ctx.src, "default_dispvm", 0)
     } else {
         Some(ctx.dest)
     };

@@ -206,10 +206,7 @@ fn pre_set_hooks(
     }
     if name == "preload-dispvm-max" && class == "AdminVM" && Some(value) != old {
         // Forwarded to the global default_dispvm as its own pre-set event.
-        if let Some(target) = defaults::global_prop(ctx, "default_dispvm")
-            .ok()
-            .and_then(|v| defaults::vm_ref(ctx, &v))
-        {
+        if let Some(target) = defaults::global_vm(ctx, "default_dispvm") {
             let kw = vec![
                 ("feature".to_string(), name.to_string()),
                 ("value".to_string(), value.to_string()),

@@ -108,10 +108,7 @@ fn running_users(ctx: &Ctx<'_>, id: DomId, prop: &str) -> Result<Vec<String>, Ap
         if other == id {
             continue;
         }
-        let uses = defaults::vm_prop(ctx, other, prop, 0)
-            .ok()
-            .and_then(|v| defaults::vm_ref(ctx, &v))
-            == Some(id);
+        let uses = defaults::vm_prop_ref(ctx, other, prop, 0) == Some(id);
         let running = doc
             .uuid(other)
             .and_then(|u| rt.by_uuid(u))

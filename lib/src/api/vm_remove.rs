@@ -39,12 +39,11 @@ fn in_use(name: &str) -> ApiError {
 fn referenced(ctx: &Ctx<'_>, id: DomId) -> Result<bool, ApiError> {
     let doc = ctx.doc();
     let name = doc.name(id);
-    for prop in GLOBAL_VM_PROPS {
-        if let Ok(v) = defaults::global_prop(ctx, prop) {
-            if defaults::vm_ref(ctx, &v) == Some(id) {
-                return Ok(true);
-            }
-        }
+    if GLOBAL_VM_PROPS
+        .iter()
+        .any(|p| defaults::global_vm(ctx, p) == Some(id))
+    {
+        return Ok(true);
     }
     // Only qubes whose stored form holds the name as an element's text can refer to it: the
     // others are not parsed (this keeps Remove fast with a thousand qubes).

@@ -72,18 +72,27 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The record's entries still in quarantine: `(dispid, unix time)`.
+fn recent_dispids(record: &Path) -> Vec<(u32, u64)> {
+    let cutoff = now().saturating_sub(DISPID_QUARANTINE);
+    std::fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (d, t) = l.split_once(' ')?;
+            Some((d.parse().ok()?, t.parse().ok()?))
+        })
+        .filter(|&(_, t)| t >= cutoff)
+        .collect()
+}
+
 /// A random dispid in 0…9999 that no disposable has and none had in the last 7 days; it is
 /// recorded once the call commits. Callers hold the qubes.xml lock, so two calls cannot pick
 /// the same one.
 pub fn new_dispid(ctx: &mut Ctx<'_>) -> Result<u32, ApiError> {
-    let record = dispid_record(&ctx.config.run_dir);
-    let cutoff = now().saturating_sub(DISPID_QUARANTINE);
-    let recent = std::fs::read_to_string(&record).unwrap_or_default();
-    let mut used: HashSet<u32> = recent
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(_, t)| t.parse::<u64>().is_ok_and(|t| t >= cutoff))
-        .filter_map(|(d, _)| d.parse().ok())
+    let mut used: HashSet<u32> = recent_dispids(&dispid_record(&ctx.config.run_dir))
+        .iter()
+        .map(|(d, _)| *d)
         .collect();
     let doc = ctx.doc();
     for id in doc.domains() {
@@ -111,16 +120,10 @@ pub fn new_dispid(ctx: &mut Ctx<'_>) -> Result<u32, ApiError> {
     let run_dir = ctx.config.run_dir.clone();
     ctx.after_commit(move || {
         let record = dispid_record(&run_dir);
-        let cutoff = now().saturating_sub(DISPID_QUARANTINE);
         // Keep the file small: drop expired entries whenever one is added.
-        let mut kept: String = std::fs::read_to_string(&record)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                l.split_once(' ')
-                    .is_some_and(|(_, t)| t.parse::<u64>().is_ok_and(|t| t >= cutoff))
-            })
-            .map(|l| format!("{l}\n"))
+        let mut kept: String = recent_dispids(&record)
+            .iter()
+            .map(|(d, t)| format!("{d} {t}\n"))
             .collect();
         kept.push_str(&format!("{dispid} {}\n", now()));
         let r = std::fs::create_dir_all(crate::events::log_dir(&run_dir)).and_then(|()| {

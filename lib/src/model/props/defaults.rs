@@ -97,24 +97,25 @@ pub fn has_prop(ctx: &Ctx<'_>, id: DomId, name: &str) -> bool {
     table_of(ctx, Holder::Vm(id)).is_ok_and(|t| super::defs::find(t, name).is_some())
 }
 
+/// A VM-valued property of qube `id` as a qube: `None` when its class has no such property,
+/// it is None, or it names no qube.
+pub fn vm_prop_ref(ctx: &Ctx<'_>, id: DomId, name: &str, d: u32) -> Option<DomId> {
+    vm_prop(ctx, id, name, d).ok().and_then(|v| vm_ref(ctx, &v))
+}
+
+/// A VM-valued global property (its default included) as a qube.
+pub fn global_vm(ctx: &Ctx<'_>, name: &str) -> Option<DomId> {
+    global_prop(ctx, name).ok().and_then(|v| vm_ref(ctx, &v))
+}
+
 /// The VM's template, if its class has one and it is set.
 pub fn template_of(ctx: &Ctx<'_>, id: DomId, d: u32) -> Option<DomId> {
-    if !has_prop(ctx, id, "template") {
-        return None;
-    }
-    vm_prop(ctx, id, "template", d)
-        .ok()
-        .and_then(|v| vm_ref(ctx, &v))
+    vm_prop_ref(ctx, id, "template", d)
 }
 
 /// The VM's effective netvm, if any.
 pub fn netvm_of(ctx: &Ctx<'_>, id: DomId, d: u32) -> Option<DomId> {
-    if !has_prop(ctx, id, "netvm") {
-        return None;
-    }
-    vm_prop(ctx, id, "netvm", d)
-        .ok()
-        .and_then(|v| vm_ref(ctx, &v))
+    vm_prop_ref(ctx, id, "netvm", d)
 }
 
 /// A feature of one VM.
@@ -406,9 +407,7 @@ fn vm_default(ctx: &Ctx<'_>, id: DomId, def: &PropDef, d: u32) -> R {
             text(feature(ctx, id, "boot-mode.appvm-default").unwrap_or("default"))
         }
         "keyboard_layout" => {
-            let guivm = vm_prop(ctx, id, "guivm", d)
-                .ok()
-                .and_then(|v| vm_ref(ctx, &v));
+            let guivm = vm_prop_ref(ctx, id, "guivm", d);
             match guivm {
                 Some(g) => match vm_prop(ctx, g, "keyboard_layout", d) {
                     Err(ReadErr::Unset) => text("us++"),

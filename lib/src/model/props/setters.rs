@@ -4,7 +4,8 @@
 //! before the post event that caused them, §9.1).
 
 use super::defaults::{
-    self, feature, get, has_prop, is_default, is_running, netvm_of, template_of, vm_prop, vm_ref,
+    self, feature, get, has_prop, is_default, is_running, netvm_of, template_of, vm_prop,
+    vm_prop_ref, vm_ref,
 };
 use super::defs::{self, Kind, PropDef, PropType, VmReq};
 use super::value::{py_repr, sanitize, Sanitized, Val};
@@ -734,11 +735,7 @@ fn post_set_vm(
         "ip" | "ip6" if changed => ip_changed(ctx, id, name == "ip6")?,
         "keyboard_layout" if changed => {
             for vm in ctx.doc().domains() {
-                let uses = has_prop(ctx, vm, "guivm")
-                    && vm_prop(ctx, vm, "guivm", 0)
-                        .ok()
-                        .and_then(|v| vm_ref(ctx, &v))
-                        == Some(id);
+                let uses = vm_prop_ref(ctx, vm, "guivm", 0) == Some(id);
                 if uses && prop_is_default(ctx, vm, "keyboard_layout") {
                     let vs = ctx.doc().name(vm).to_string();
                     emit_prop(

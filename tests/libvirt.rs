@@ -595,6 +595,13 @@ fn pause_unpause_kill() {
         "2\0QubesVMNotStartedError\0\0Domain is powered off: 'vm0001'\0"
     );
     assert!(events().is_empty());
+    // Remove undefines the halted qube's libvirt domain.
+    assert!(env.virsh_ok(&["dominfo", "vm0000"]));
+    assert_eq!(call("admin.vm.Remove", "vm0000"), "0\0");
+    assert!(
+        !env.virsh_ok(&["dominfo", "vm0000"]),
+        "still defined in libvirt"
+    );
     env.stop_helper();
 }
 
@@ -713,6 +720,10 @@ fn killed_disposable_is_cleaned_up() {
     let doc = qubes_admin::store::load(&xml_path).unwrap().0;
     assert!(doc.domain_by_name(&name).is_none());
     assert!(!dir.exists());
+    assert!(
+        !env.virsh_ok(&["dominfo", &name]),
+        "still defined in libvirt"
+    );
     env.stop_helper();
 }
 

@@ -5,6 +5,9 @@
 #   libvirtd.sh start [DIR]   start it with its state under DIR (default: a new /tmp/qa-libvirtd.*),
 #                             wait for its socket, print the test-driver URI on stdout:
 #                               test+unix:///default?socket=DIR/run/libvirt/libvirt-sock
+#                             or, with LIBVIRTD_DRIVER=qemu, the QEMU session driver's:
+#                               qemu+unix:///session?socket=DIR/run/libvirt/libvirt-sock
+#                             (QEMU then runs as the daemon's user, so without KVM as root)
 #   libvirtd.sh stop DIR      SIGTERM it, wait, and remove DIR if start created it
 #
 # As root it runs as uid/gid 65534 through setpriv, so it never becomes the system daemon;
@@ -54,7 +57,10 @@ XDG_CONFIG_HOME=$dir/config XDG_CACHE_HOME=$dir/cache LIBVIRT_LOG_OUTPUTS=3:file
         [ $i -le 200 ] || die "libvirtd did not create $sock within 10 s"
         sleep 0.05
     done
-    echo "test+unix:///default?socket=$sock"
+    case ${LIBVIRTD_DRIVER:-test} in
+        qemu) echo "qemu+unix:///session?socket=$sock" ;;
+        *) echo "test+unix:///default?socket=$sock" ;;
+    esac
 }
 
 stop() {

@@ -265,7 +265,7 @@ fn start_qube(ctx: &mut Ctx<'_>, id: DomId, depth: u32) -> Result<(), ApiError> 
         }
         Some(f) => f,
     };
-    let spec = crate::model::lifecycle::domain_spec(ctx, id, &pools, &vols)?;
+    let spec = crate::model::lifecycle::domain_spec(ctx, id, &dir, &pools, &vols)?;
     let xml = spec.to_xml(flavour).unwrap_or_default();
     let run_dir = ctx.config.run_dir.clone();
     volumes::start_storage(&run_dir, &dir, &pools, &vols)?;

@@ -8,6 +8,7 @@ use crate::model::power_state::{vm_power_state, vm_uuid, PowerState};
 use crate::model::props::defs::{self, PropType};
 use crate::model::props::{defaults, value::Val};
 use crate::model::volumes;
+use crate::runtime::Op;
 use crate::store::DomId;
 use crate::wire::python::repr;
 
@@ -115,6 +116,7 @@ pub fn remove(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
             format!("VM installed by package manager: {name}"),
         ));
     }
+    let mut defined = None;
     if ctx.doc().class(id) != "RemoteVM" {
         let uuid = vm_uuid(ctx, id)?;
         let dom = ctx.runtime()?.by_uuid(&uuid).cloned();
@@ -124,6 +126,7 @@ pub fn remove(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
                 format!("Domain is not powered off: {}", repr(&name)),
             ));
         }
+        defined = dom.map(|_| uuid);
     }
     ctx.emit("", "domain-pre-delete", &[("vm", &name)]);
     if referenced(ctx, id)? {
@@ -139,6 +142,12 @@ pub fn remove(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     let pools = volumes::pools(ctx);
     let vols = volumes::volumes_of(ctx, &pools, id)?;
     let dir = volumes::has_storage(ctx.doc().class(id)).then(|| volumes::vm_dir(ctx, id));
+    // The libvirt definition goes too (a new qube of this name gets a new UUID, and libvirt
+    // refuses a second domain of one name). It is derived state, redefined at every Start, so
+    // dropping it before the commit is harmless if the commit then fails.
+    if let Some(uuid) = defined {
+        ctx.hypervisor().op(&uuid, Op::Undefine)?;
+    }
     ctx.doc_mut()?.remove_domain(id);
     ctx.emit("", "domain-delete", &[("vm", &name)]);
     ctx.after_commit(move || volumes::remove_from_disk(&pools, &vols, dir.as_deref()));

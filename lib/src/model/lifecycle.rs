@@ -112,6 +112,11 @@ pub fn stop_processing(ctx: &mut Ctx<'_>, id: DomId) -> Result<(), ApiError> {
     let config = ctx.config.clone();
     let uuid = vm_uuid(ctx, id)?;
     let dir = volumes::vm_dir(ctx, id);
+    // Its libvirt definition goes with it (every disposable has a new name and UUID: none may
+    // pile up in libvirt). A failure is reported, as the volumes' are.
+    if let Err(e) = ctx.hypervisor().op(&uuid, crate::runtime::Op::Undefine) {
+        eprintln!("qubes-admin: undefining disposable {uuid}: {e}");
+    }
     ctx.after_commit(move || {
         if let Err(e) = remove_disposable(&config, &uuid, pools, vols, &dir) {
             eprintln!("qubes-admin: removing disposable {uuid}: {e}");
@@ -152,10 +157,12 @@ fn remove_disposable(
 
 /// The domain description of qube `id` from its properties and volumes: memory, maxmem (0:
 /// the memory), vcpus, the dom0-provided kernel (if its files exist), the volumes' paths (the
-/// kernel's `modules.img` read-only, if present) and, with a netvm, the MAC.
+/// kernel's `modules.img` read-only, if present), with a netvm the MAC, and the console log in
+/// the qube's directory `dir` (whoever runs the emulator can write there: it holds the images).
 pub fn domain_spec(
     ctx: &Ctx<'_>,
     id: DomId,
+    dir: &std::path::Path,
     pools: &[crate::storage::Pool],
     vols: &[crate::storage::VolumeConfig],
 ) -> Result<crate::runtime::domain_xml::DomainSpec, ApiError> {
@@ -216,5 +223,6 @@ pub fn domain_spec(
             .is_some()
             .then(|| text("mac"))
             .flatten(),
+        console_log: Some(dir.join("console.log").to_string_lossy().into_owned()),
     })
 }

@@ -21,6 +21,9 @@ pub struct DomainSpec {
     pub disks: Vec<Disk>,
     /// The network interface's MAC, when the qube has a netvm.
     pub mac: Option<String>,
+    /// Where QEMU copies the serial console (`virsh console` still works): the guest's boot
+    /// messages, as Xen's `/var/log/xen/console/guest-<name>.log`.
+    pub console_log: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +93,14 @@ impl DomainSpec {
             }
             x.push_str(&format!("    <cmdline>{}</cmdline>\n", e(&k.cmdline)));
         }
+        x.push_str("  </os>\n");
+        if let Flavour::Qemu { .. } = flavour {
+            // ACPI: the power button is how libvirt's shutdown reaches the guest (and libvirt 9
+            // would otherwise pass `-no-acpi`, which QEMU 9+ no longer accepts).
+            x.push_str("  <features>\n    <acpi/>\n  </features>\n");
+        }
         x.push_str(
-            "  </os>\n  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>destroy</on_reboot>\n  \
+            "  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>destroy</on_reboot>\n  \
              <on_crash>destroy</on_crash>\n",
         );
         if let Flavour::Qemu { .. } = flavour {
@@ -112,8 +121,15 @@ impl DomainSpec {
                     crate::store::xml::escape_attr(mac)
                 ));
             }
+            x.push_str("    <serial type='pty'>\n");
+            if let Some(log) = &self.console_log {
+                x.push_str(&format!(
+                    "      <log file='{}' append='off'/>\n",
+                    crate::store::xml::escape_attr(log)
+                ));
+            }
             x.push_str(
-                "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n    \
+                "      <target port='0'/>\n    </serial>\n    \
                  <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n  \
                  </devices>\n",
             );
@@ -151,6 +167,7 @@ mod tests {
                 },
             ],
             mac: Some("00:16:3e:5e:6c:00".into()),
+            console_log: Some("/run/q/console/guest-work.log".into()),
         }
     }
 
@@ -189,6 +206,8 @@ mod tests {
         assert!(x.contains("<source file='/q/appvms/work/root-dirty.img'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>"));
         assert!(x.contains("<source file='/k/6.6/modules.img'/>\n      <target dev='vdb' bus='virtio'/>\n      <readonly/>\n    </disk>"));
         assert!(x.contains("<interface type='user'>\n      <mac address='00:16:3e:5e:6c:00'/>"));
+        assert!(x.contains("</os>\n  <features>\n    <acpi/>\n  </features>\n  <on_poweroff>"));
+        assert!(x.contains("<serial type='pty'>\n      <log file='/run/q/console/guest-work.log' append='off'/>\n      <target port='0'/>"));
         assert!(x.contains("<console type='pty'>\n      <target type='serial' port='0'/>"));
         assert!(Flavour::Qemu { kvm: true } != Flavour::Qemu { kvm: false });
         assert!(spec()

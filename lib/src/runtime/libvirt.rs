@@ -26,6 +26,13 @@ fn is_no_domain(e: &virt::error::Error) -> bool {
     e.code().is(ErrorNumber::NoDomain)
 }
 
+const KVM_DOMAIN: &str = "<domain type='kvm'>";
+
+/// Whether a capabilities document lists a KVM guest domain type.
+fn offers_kvm(capabilities: &str) -> bool {
+    capabilities.contains("<domain type='kvm'")
+}
+
 /// Silences libvirt's default error printer (errors are reported through results).
 pub fn quiet_errors() {
     virt::error::clear_error_callback();
@@ -145,12 +152,18 @@ impl Conn {
 }
 
 impl Conn {
-    /// Defines (or redefines) a domain.
+    /// Defines (or redefines) a domain. A KVM domain becomes a TCG one (`type='qemu'`) when
+    /// this connection's driver offers no KVM: the per-call process sees `/dev/kvm` but cannot
+    /// know whether the emulator's user (a session daemon's, say) may use it; libvirt can.
     pub fn define(&self, xml: &str) -> Result<(), LibvirtError> {
-        self.connect()?
-            .define_domain_xml(xml)
-            .map(|_| ())
-            .map_err(call_err)
+        let conn = self.connect()?;
+        let xml = match xml.strip_prefix(KVM_DOMAIN) {
+            Some(rest) if !offers_kvm(&conn.capabilities().map_err(call_err)?) => {
+                format!("<domain type='qemu'>{rest}")
+            }
+            _ => xml.to_string(),
+        };
+        conn.define_domain_xml(&xml).map(|_| ()).map_err(call_err)
     }
 
     /// Runs `op` on the domain with this UUID.

@@ -21,7 +21,8 @@ const USAGE: &str = "usage:
   qubes-admin-call --socket-request        < '<method>+<arg> <src> name <dest>\\0<payload>'
   qubes-admin-call call METHOD[+ARG] [DEST] [--src NAME]   (payload on stdin unless a tty)
   qubes-admin-call methods [--markdown]    (qrexec service names, one per line; or the method table)
-  qubes-admin-call sandbox DIR             (create a sandbox dom0 in DIR; prints its environment)
+  qubes-admin-call sandbox DIR [URI]       (create a sandbox dom0 in DIR, libvirt at URI
+                                           [default test:///default]; prints its environment)
   (as a qrexec service: QREXEC_SERVICE_FULL_NAME and friends in the environment)
 environment: QUBES_XML_PATH QUBES_BASE_DIR QUBES_LIBVIRT_URI QUBES_RUN_DIR QUBES_POLICY_DIR
              QUBES_LOCK_TIMEOUT_MS QUBES_ADMIN_EVENTD";
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
             write_out(qubes_admin::api::service_list().as_bytes());
             ExitCode::SUCCESS
         }
-        Some(b"sandbox") if args.len() == 3 => sandbox_init(args.get(2)),
+        Some(b"sandbox") if (3..=4).contains(&args.len()) => sandbox_init(args.get(2), args.get(3)),
         Some(b"-h" | b"--help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -186,13 +187,16 @@ fn human_call(args: &[OsString]) -> ExitCode {
     }
 }
 
-fn sandbox_init(dir: Option<&OsString>) -> ExitCode {
+fn sandbox_init(dir: Option<&OsString>, uri: Option<&OsString>) -> ExitCode {
     let Some(dir) = dir else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
     match qubes_admin::sandbox::init(std::path::Path::new(dir)) {
-        Ok(config) => {
+        Ok(mut config) => {
+            if let Some(uri) = uri {
+                config.libvirt_uri = uri.to_string_lossy().into_owned();
+            }
             write_out(qubes_admin::sandbox::env_lines(&config).as_bytes());
             ExitCode::SUCCESS
         }

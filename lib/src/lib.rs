@@ -82,18 +82,61 @@ impl System {
         &self.config
     }
 
+    /// How long the calls so far waited on live libvirt requests (per-domain state,
+    /// operations, definitions); the rest of a call's time is its own.
+    pub fn hypervisor_waited(&self) -> std::time::Duration {
+        self.hv.waited()
+    }
+
     /// Runs one request and returns the framed reply (`0\0…` or `2\0…`).
     pub fn call(&mut self, raw: &RawRequest) -> Vec<u8> {
         wire::frame(&self.execute(raw))
     }
 
-    /// Runs one request and returns the reply body or the exception.
+    /// Runs one request and returns the reply body or the exception. A streaming method
+    /// (`admin.Events`) only checks its request here: [`System::serve`] streams.
     pub fn execute(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
         let method = std::str::from_utf8(&raw.method).ok().and_then(api::find);
         if method.is_some_and(|m| m.writes()) {
             self.execute_write(raw)
         } else {
-            self.execute_read(raw)
+            self.execute_read(raw).map(|(body, _)| body)
+        }
+    }
+
+    /// Runs one request and writes its reply to `out`: the framed reply, or for a streaming
+    /// method its frames until the caller goes away (its end of `out` closes).
+    pub fn serve<W: std::io::Write + std::os::fd::AsFd>(
+        &mut self,
+        raw: &RawRequest,
+        out: &mut W,
+    ) -> std::io::Result<()> {
+        let method = std::str::from_utf8(&raw.method).ok().and_then(api::find);
+        if !method.is_some_and(|m| m.access == api::table::Access::Stream) {
+            out.write_all(&self.call(raw))?;
+            return out.flush();
+        }
+        let follower = match self.execute_read(raw) {
+            Ok((_, Some(sub))) => events::Follower::open(&self.config.run_dir, sub)
+                .map_err(|e| ApiError::qubes(format!("cannot follow the event log: {e}"))),
+            Ok((_, None)) => Err(ApiError::qubes(
+                "internal error: a streaming method did not subscribe",
+            )),
+            Err(e) => Err(e),
+        };
+        match follower {
+            Ok(f) => {
+                if let Err(e) = f.run(out) {
+                    // The stream has begun: an exception frame now would be read as an
+                    // event. End the connection; say why on stderr (the service's log).
+                    eprintln!("qubes-admin: admin.Events: {e}");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                out.write_all(&wire::frame_exception(&e))?;
+                out.flush()
+            }
         }
     }
 
@@ -190,7 +233,10 @@ impl System {
     /// Read-only calls, and calls that act on the hypervisor without saving qubes.xml
     /// (Execute): a shared view of the current file, no qubes.xml lock. Their events (Execute
     /// calls fire some) go to the log when the handler succeeds.
-    fn execute_read(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
+    fn execute_read(
+        &mut self,
+        raw: &RawRequest,
+    ) -> Result<(Vec<u8>, Option<events::Subscription>), ApiError> {
         let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
         let r = api::request::resolve_request(doc, raw)?;
         let handler = r.method.handler;
@@ -223,7 +269,7 @@ impl System {
                 "the call succeeded, but its events were not logged: {e}"
             ))
         })?;
-        Ok(body)
+        Ok((body, outcome.stream))
     }
 }
 

@@ -224,6 +224,12 @@ fn main() {
         ldd_eventd.unwrap_or(0),
         ms(floor_last)
     ));
+    // Sections other benchmarks write (`<!-- bench:NAME -->` … `<!-- /bench:NAME -->`) stay.
+    let old = std::fs::read_to_string(root.join("BENCHMARKS.md")).unwrap_or_default();
+    if let Some(at) = old.find("<!-- bench:") {
+        md.push('\n');
+        md.push_str(&old[at..]);
+    }
     std::fs::write(root.join("BENCHMARKS.md"), md).expect("write BENCHMARKS.md");
     println!("wrote BENCHMARKS.md");
 }

@@ -68,6 +68,13 @@ stop() {
     dir=$1
     if [ -f "$dir/daemon.pid" ]; then
         pid=$(cat "$dir/daemon.pid")
+        # A session daemon leaves its QEMU guests running when it exits: stop them first.
+        uri="qemu+unix:///session?socket=$dir/run/libvirt/libvirt-sock"
+        if kill -0 "$pid" 2>/dev/null && command -v virsh >/dev/null; then
+            for d in $(virsh -q -c "$uri" list --name 2>/dev/null); do
+                virsh -q -c "$uri" destroy "$d" >/dev/null 2>&1 || true
+            done
+        fi
         if kill -TERM "$pid" 2>/dev/null; then
             i=0
             while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done

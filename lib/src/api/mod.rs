@@ -23,6 +23,7 @@
 pub mod request;
 pub mod table;
 
+pub mod events;
 pub mod label;
 pub mod pool;
 pub mod property;

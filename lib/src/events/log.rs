@@ -12,7 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// One event as the reference fires it: subject is the VM name, or empty for the app object.
@@ -85,8 +85,41 @@ pub fn log_path(run_dir: &Path) -> PathBuf {
     log_dir(run_dir).join("events.log")
 }
 
+/// The previous log, after a rotation: `<run_dir>/qubes-admin/events.log.1`.
+pub fn rotated_path(run_dir: &Path) -> PathBuf {
+    log_dir(run_dir).join("events.log.1")
+}
+
 fn lock_path(run_dir: &Path) -> PathBuf {
     log_dir(run_dir).join("events.lock")
+}
+
+/// The size past which the log is rotated (`QUBES_EVENT_LOG_MAX_BYTES`, default 8 MiB): the
+/// next append renames it to `events.log.1` (replacing the older one) and starts a new file
+/// whose sequence numbers go on.
+pub fn max_bytes() -> u64 {
+    std::env::var("QUBES_EVENT_LOG_MAX_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(8 << 20)
+}
+
+/// Log files are for dom0 services only (the events name every qube and what changed).
+const FILE_MODE: u32 = 0o640;
+
+/// The last sequence number in a (rotated) log file; 0 if there is none.
+fn last_seq_in(path: &Path) -> u64 {
+    let Ok(buf) = std::fs::read(path) else {
+        return 0;
+    };
+    let mut pos = 0usize;
+    let mut seq = 0;
+    while let Parsed::Record { seq: s, len, .. } = parse_record(buf.get(pos..).unwrap_or(&[])) {
+        seq = s;
+        pos += len;
+    }
+    seq
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> EventLogError + '_ {
@@ -192,15 +225,18 @@ fn read_hint(lock: &File) -> Option<(u64, u64)> {
 
 /// Under the writers' lock: finds the last sequence number and the end of the last complete
 /// record, truncating a torn or unparsable tail. Uses the hint when it fits.
-fn recover(log: &mut File, log_p: &Path, lock: &File) -> Result<(u64, u64), EventLogError> {
+fn recover(
+    log: &mut File,
+    log_p: &Path,
+    lock: &File,
+    rotated: &Path,
+) -> Result<(u64, u64), EventLogError> {
     let size = log.metadata().map_err(io(log_p))?.len();
+    // A hint at offset 0 is a fresh log after a rotation: its sequence number goes on.
     let (mut seq, mut off) = match read_hint(lock) {
         Some((s, o)) if o <= size => (s, o),
         _ => (0, 0),
     };
-    if off == 0 {
-        seq = 0;
-    }
     loop {
         let mut tail = Vec::new();
         log.seek(SeekFrom::Start(off)).map_err(io(log_p))?;
@@ -214,11 +250,19 @@ fn recover(log: &mut File, log_p: &Path, lock: &File) -> Result<(u64, u64), Even
                 continue;
             }
         }
+        if off == 0 && !tail.is_empty() {
+            // Rescanning from the start: the records say where the sequence is.
+            seq = 0;
+        }
         let mut pos = 0usize;
         while let Parsed::Record { seq: s, len, .. } = parse_record(tail.get(pos..).unwrap_or(&[]))
         {
             seq = s;
             pos += len;
+        }
+        if off == 0 && pos == 0 && seq == 0 {
+            // An empty log and no hint: go on from the rotated log, if there is one.
+            seq = last_seq_in(rotated);
         }
         let end = off + pos as u64;
         if end < size {
@@ -232,7 +276,17 @@ fn recover(log: &mut File, log_p: &Path, lock: &File) -> Result<(u64, u64), Even
 
 /// Appends `events` (one lock, one write) and returns the sequence number of the last one.
 /// With no events, returns the current last sequence number.
+/// The log is rotated past [`max_bytes`].
 pub fn append(run_dir: &Path, events: &[Event]) -> Result<u64, EventLogError> {
+    append_rotating_at(run_dir, events, max_bytes())
+}
+
+/// [`append`] with an explicit rotation size.
+pub fn append_rotating_at(
+    run_dir: &Path,
+    events: &[Event],
+    max: u64,
+) -> Result<u64, EventLogError> {
     for e in events {
         let has_nul = e.subject.contains('\0')
             || e.name.contains('\0')
@@ -254,17 +308,23 @@ pub fn append(run_dir: &Path, events: &[Event]) -> Result<u64, EventLogError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(FILE_MODE)
         .open(&lock_p)
         .map_err(io(&lock_p))?;
     lock.lock().map_err(io(&lock_p))?;
     let log_p = log_path(run_dir);
-    let mut log = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(&log_p)
-        .map_err(io(&log_p))?;
-    let (mut seq, end) = recover(&mut log, &log_p, &lock)?;
+    let rotated = rotated_path(run_dir);
+    let open_log = |p: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(FILE_MODE)
+            .open(p)
+            .map_err(io(p))
+    };
+    let mut log = open_log(&log_p)?;
+    let (mut seq, mut end) = recover(&mut log, &log_p, &lock, &rotated)?;
     if events.is_empty() {
         return Ok(seq);
     }
@@ -272,6 +332,14 @@ pub fn append(run_dir: &Path, events: &[Event]) -> Result<u64, EventLogError> {
     for e in events {
         seq += 1;
         encode(seq, &e.frame(), &mut buf);
+    }
+    if end > 0 && end + buf.len() as u64 > max {
+        // Rotate: followers finish the renamed file (they hold it open), then go on with the
+        // new one; the hint carries the sequence number over.
+        std::fs::rename(&log_p, &rotated).map_err(io(&log_p))?;
+        write_hint(&lock, seq - events.len() as u64, 0);
+        log = open_log(&log_p)?;
+        end = 0;
     }
     #[cfg(feature = "failpoints")]
     if std::env::var_os("QUBES_ADMIN_FAILPOINT").is_some_and(|v| v == "during-event-append") {
@@ -294,29 +362,31 @@ pub fn append(run_dir: &Path, events: &[Event]) -> Result<u64, EventLogError> {
     Ok(seq)
 }
 
-/// Reads every complete record with sequence number > `after`. A torn or still-being-written
-/// trailing record is ignored. A missing log reads as empty.
+/// Reads every complete record with sequence number > `after`, from the rotated log and the
+/// current one. A torn or still-being-written trailing record is ignored. A missing log reads
+/// as empty.
 pub fn read_after(run_dir: &Path, after: u64) -> Result<Vec<(u64, Event)>, EventLogError> {
-    let log_p = log_path(run_dir);
-    let buf = match std::fs::read(&log_p) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(EventLogError::Io {
-                path: log_p,
-                source: e,
-            })
-        }
-    };
-    let mut out = Vec::new();
-    let (recs, _) = parse_records(&buf, 0)?;
-    for (seq, frame, off) in recs {
-        if seq > after {
-            let ev = Event::from_frame(frame).ok_or_else(|| EventLogError::Corrupt {
-                offset: off,
-                reason: "malformed event frame".to_string(),
-            })?;
-            out.push((seq, ev));
+    let mut out: Vec<(u64, Event)> = Vec::new();
+    for log_p in [rotated_path(run_dir), log_path(run_dir)] {
+        let buf = match std::fs::read(&log_p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(EventLogError::Io {
+                    path: log_p,
+                    source: e,
+                })
+            }
+        };
+        let (recs, _) = parse_records(&buf, 0)?;
+        for (seq, frame, off) in recs {
+            if seq > after && out.last().is_none_or(|(last, _)| seq > *last) {
+                let ev = Event::from_frame(frame).ok_or_else(|| EventLogError::Corrupt {
+                    offset: off,
+                    reason: "malformed event frame".to_string(),
+                })?;
+                out.push((seq, ev));
+            }
         }
     }
     Ok(out)
@@ -394,6 +464,45 @@ mod tests {
         assert_eq!(all[2].1, ev(3));
         assert_eq!(read_after(d.path(), 2).unwrap().len(), 1);
         assert!(append(d.path(), &[Event::new("a\0", "x", vec![])]).is_err());
+    }
+
+    #[test]
+    fn rotation_keeps_the_sequence() {
+        let d = tempfile::tempdir().unwrap();
+        let lock = lock_path(d.path());
+        for i in 1..=10u64 {
+            assert_eq!(
+                append_rotating_at(d.path(), &[ev(i as usize)], 100).unwrap(),
+                i
+            );
+        }
+        // Each record is ~40 bytes: the current file holds the last records, the rotated one
+        // those before; together every sequence number, once, in order.
+        let cur = std::fs::read(log_path(d.path())).unwrap();
+        assert!(cur.len() <= 100, "{}", cur.len());
+        assert!(rotated_path(d.path()).exists());
+        let seqs: Vec<u64> = read_after(d.path(), 0)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(*seqs.last().unwrap(), 10);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        // Without the hint (a lost lock file) and with an empty current log, the sequence
+        // goes on from the rotated log.
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::write(log_path(d.path()), b"").unwrap();
+        let last_rotated = last_seq_in(&rotated_path(d.path()));
+        assert_eq!(
+            append_rotating_at(d.path(), &[ev(11)], 1 << 20).unwrap(),
+            last_rotated + 1
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(log_path(d.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, FILE_MODE);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::events::Event;
+use crate::events::{Event, Subscription};
 use crate::runtime::{Hypervisor, Runtime};
 use crate::store::{Document, DomId};
 
@@ -47,6 +47,7 @@ pub struct Ctx<'a> {
     events: Vec<Event>,
     undo: Vec<Box<dyn FnOnce()>>,
     after_commit: Vec<Box<dyn FnOnce()>>,
+    stream: Option<Subscription>,
 }
 
 /// What a finished handler leaves for its caller to do: the events to log, work to undo if the
@@ -55,6 +56,8 @@ pub struct Outcome {
     pub events: Vec<Event>,
     pub undo: Vec<Box<dyn FnOnce()>>,
     pub after_commit: Vec<Box<dyn FnOnce()>>,
+    /// For a streaming method (`admin.Events`): what to stream once the call succeeded.
+    pub stream: Option<Subscription>,
 }
 
 impl Outcome {
@@ -93,6 +96,7 @@ impl<'a> Ctx<'a> {
             events: Vec::new(),
             undo: Vec::new(),
             after_commit: Vec::new(),
+            stream: None,
         }
     }
 
@@ -150,11 +154,17 @@ impl<'a> Ctx<'a> {
         self.after_commit.push(Box::new(f));
     }
 
+    /// Makes this call a stream: after the (empty) handler result, the front end serves `sub`.
+    pub fn subscribe(&mut self, sub: Subscription) {
+        self.stream = Some(sub);
+    }
+
     pub(crate) fn finish(self) -> Outcome {
         Outcome {
             events: self.events,
             undo: self.undo,
             after_commit: self.after_commit,
+            stream: self.stream,
         }
     }
 

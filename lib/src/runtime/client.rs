@@ -58,6 +58,8 @@ pub struct EventdClient {
     pub connect_timeout: Duration,
     /// How long the helper (or the fallback) may take to answer.
     pub reply_timeout: Duration,
+    /// Time spent in live requests: `info`, `define`, `op` ([`Hypervisor::waited`]).
+    waited: std::cell::Cell<Duration>,
 }
 
 impl EventdClient {
@@ -69,6 +71,7 @@ impl EventdClient {
             eventd: None,
             connect_timeout: Duration::from_millis(100),
             reply_timeout: Duration::from_secs(10),
+            waited: std::cell::Cell::new(Duration::ZERO),
         }
     }
 
@@ -274,6 +277,15 @@ fn proto_err(e: ProtoError) -> HvError {
     }
 }
 
+impl EventdClient {
+    fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
+        let t = std::time::Instant::now();
+        let r = f();
+        self.waited.set(self.waited.get() + t.elapsed());
+        r
+    }
+}
+
 impl Hypervisor for EventdClient {
     fn runtime(&self) -> Result<Runtime, HvError> {
         let reply = self.ask(&Request::List)?;
@@ -281,13 +293,17 @@ impl Hypervisor for EventdClient {
     }
 
     fn define(&self, xml: &str) -> Result<(), HvError> {
-        let reply = self.ask(&Request::Define(xml.to_string()))?;
+        let reply = self.timed(|| self.ask(&Request::Define(xml.to_string())))?;
         proto::decode_done(&reply).map_err(op_err)
     }
 
     fn op(&self, uuid: &str, op: Op) -> Result<(), HvError> {
-        let reply = self.ask(&Request::Op(op, uuid.to_ascii_lowercase()))?;
+        let reply = self.timed(|| self.ask(&Request::Op(op, uuid.to_ascii_lowercase())))?;
         proto::decode_done(&reply).map_err(op_err)
+    }
+
+    fn waited(&self) -> Duration {
+        self.waited.get()
     }
 
     fn domain(&self, uuid: &str) -> Result<Option<DomainRuntime>, HvError> {
@@ -295,7 +311,7 @@ impl Hypervisor for EventdClient {
         if !proto::is_uuid(&uuid) {
             return Err(HvError::Protocol(format!("not a UUID: {uuid:?}")));
         }
-        let reply = self.ask(&Request::Info(uuid))?;
+        let reply = self.timed(|| self.ask(&Request::Info(uuid)))?;
         proto::decode_info(&reply).map_err(proto_err)
     }
 }

@@ -142,6 +142,13 @@ pub trait Hypervisor {
             op.word()
         )))
     }
+
+    /// How long this source has waited on live libvirt requests so far (per-domain state,
+    /// lifecycle operations, definitions): what a call spent in libvirt, as opposed to its
+    /// own work (`QUBES_ADMIN_TIMING`).
+    fn waited(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// A fixed runtime (tests, offline tools): nothing running.

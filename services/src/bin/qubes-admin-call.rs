@@ -25,7 +25,8 @@ const USAGE: &str = "usage:
                                            [default test:///default]; prints its environment)
   (as a qrexec service: QREXEC_SERVICE_FULL_NAME and friends in the environment)
 environment: QUBES_XML_PATH QUBES_BASE_DIR QUBES_LIBVIRT_URI QUBES_RUN_DIR QUBES_POLICY_DIR
-             QUBES_LOCK_TIMEOUT_MS QUBES_ADMIN_EVENTD";
+             QUBES_LOCK_TIMEOUT_MS QUBES_ADMIN_EVENTD QUBES_EVENT_LOG_MAX_BYTES
+             QUBES_ADMIN_TIMING (print the time spent waiting on libvirt to stderr)";
 
 fn main() -> ExitCode {
     // A caller that disconnects must not interrupt an operation: finish, then exit.
@@ -125,11 +126,22 @@ fn socket_request() -> ExitCode {
 }
 
 fn reply(request: Result<RawRequest, ApiError>) {
-    let bytes = match request {
-        Ok(raw) => System::open(Config::from_env()).call(&raw),
-        Err(e) => wire::frame_exception(&e),
-    };
-    write_out(&bytes);
+    match request {
+        Ok(raw) => {
+            let mut out = std::io::stdout().lock();
+            let mut system = System::open(Config::from_env());
+            // The caller may be gone; nothing to do about it.
+            let _ = system.serve(&raw, &mut out);
+            if std::env::var_os("QUBES_ADMIN_TIMING").is_some() {
+                // For benchmarks: what part of the call libvirt took.
+                eprintln!(
+                    "qubes-admin-timing: hypervisor {} us",
+                    system.hypervisor_waited().as_micros()
+                );
+            }
+        }
+        Err(e) => write_out(&wire::frame_exception(&e)),
+    }
 }
 
 fn human_call(args: &[OsString]) -> ExitCode {

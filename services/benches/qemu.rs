@@ -1,0 +1,444 @@
+//! Issue 8 on real QEMU guests (a private libvirtd with the QEMU session driver, the guest kernel
+//! of `scripts/guest-kernel.sh`; the sandbox's set-up): the time of our Start, Pause and Kill
+//! over libvirt's own time for the same operations (the same calls on one open connection, in
+//! this process), `vm.List` with 10 running qubes, and 10 Starts of different qubes issued at
+//! once against the slowest single Start. Writes its section of BENCHMARKS.md.
+//!
+//!   cargo build --release && cargo bench -p qubes-admin-services --bench qemu
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qubes_admin::runtime::libvirt::Conn;
+use qubes_admin::runtime::Op;
+
+const QUBES: usize = 10;
+const ROUNDS: usize = 3;
+const NOBODY: u32 = 65534;
+
+struct Bench {
+    bin: PathBuf,
+    dir: PathBuf,
+    uri: String,
+}
+
+impl Bench {
+    fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env("QUBES_XML_PATH", self.dir.join("qubes.xml"))
+            .env("QUBES_BASE_DIR", self.dir.join("varlib"))
+            .env("QUBES_RUN_DIR", self.dir.join("run"))
+            .env("QUBES_POLICY_DIR", self.dir.join("etc/policy.d"))
+            .env("QUBES_LIBVIRT_URI", &self.uri)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("QUBES_ADMIN_TIMING", "1");
+        if nix::unistd::geteuid().is_root() {
+            // QEMU runs as the session daemon's user: the sandbox is that user's.
+            c.uid(NOBODY).gid(NOBODY);
+        }
+        c
+    }
+
+    fn spawn(&self, method: &str, dest: &str, payload: &str) -> Child {
+        let mut child = self
+            .command(&self.bin)
+            .arg("--socket-request")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qubes-admin-call");
+        let mut req = format!("{method} dom0 name {dest}\0").into_bytes();
+        req.extend_from_slice(payload.as_bytes());
+        child.stdin.take().unwrap().write_all(&req).unwrap();
+        child
+    }
+
+    /// One call; its wall time. Panics on anything but an OK reply.
+    fn call(&self, method: &str, dest: &str, payload: &str) -> Duration {
+        self.timed(method, dest, payload).0
+    }
+
+    /// One call: its wall time, and the part of it spent waiting on libvirt (as the call
+    /// reports it with `QUBES_ADMIN_TIMING`).
+    fn timed(&self, method: &str, dest: &str, payload: &str) -> (Duration, Duration) {
+        let t = Instant::now();
+        let out = self
+            .spawn(method, dest, payload)
+            .wait_with_output()
+            .unwrap();
+        let d = t.elapsed();
+        assert!(
+            out.stdout.starts_with(b"0\0"),
+            "{method} {dest}: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let us: u64 = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("qubes-admin-timing: hypervisor "))
+            .and_then(|l| l.strip_suffix(" us"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (d, Duration::from_micros(us))
+    }
+
+    fn floor(&self) -> Duration {
+        let t = Instant::now();
+        self.command(Path::new("/bin/true")).status().unwrap();
+        t.elapsed()
+    }
+
+    fn uuid(&self, name: &str) -> String {
+        let out = self
+            .spawn("admin.vm.List", name, "")
+            .wait_with_output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix("uuid="))
+            .expect("uuid")
+            .to_string()
+    }
+
+    fn wait_up(&self, name: &str) {
+        let log = self
+            .dir
+            .join("varlib/appvms")
+            .join(name)
+            .join("console.log");
+        let t = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("guest up")
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(300),
+                "{name} never came up"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Stops what the benchmark started, also when it panics.
+struct Teardown {
+    libvirtd: PathBuf,
+    work: PathBuf,
+    helper: Option<Child>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if let Some(mut h) = self.helper.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        // Destroys the guests still running, then stops the daemon.
+        let _ = Command::new(&self.libvirtd)
+            .arg("stop")
+            .arg(self.work.join("libvirtd"))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// The working copies libvirt's own start needs (our Start makes them; our Kill removed them).
+fn scratch_files(dir: &Path, name: &str, create: bool) {
+    for f in ["root-dirty.img", "private-dirty.img", "volatile-dirty.img"] {
+        let p = dir.join("varlib/appvms").join(name).join(f);
+        if create {
+            std::fs::File::create(&p).unwrap();
+            if nix::unistd::geteuid().is_root() {
+                let id = Some(nix::unistd::Uid::from_raw(NOBODY));
+                nix::unistd::chown(&p, id, Some(nix::unistd::Gid::from_raw(NOBODY))).unwrap();
+            }
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = root.join("target/release/qubes-admin-call");
+    let eventd = root.join("target/release/qubes-admin-eventd");
+    assert!(bin.exists(), "build first: cargo build --release");
+    let kernels = root.join("target/guest-kernel");
+    let kver = run(Command::new(root.join("scripts/guest-kernel.sh")).arg(&kernels));
+
+    let work = std::env::temp_dir().join(format!("qubes-admin-qemu-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let libvirtd = root.join("tests/support/libvirtd.sh");
+    let mut teardown = Teardown {
+        libvirtd: libvirtd.clone(),
+        work: work.clone(),
+        helper: None,
+    };
+    let uri = run(Command::new(&libvirtd)
+        .env("LIBVIRTD_DRIVER", "qemu")
+        .arg("start")
+        .arg(work.join("libvirtd")));
+    let dir = work.join("dom0");
+    run(Command::new(&bin).arg("sandbox").arg(&dir).arg(&uri));
+    let kdir = dir.join("varlib/vm-kernels").join(&kver);
+    std::fs::create_dir_all(&kdir).unwrap();
+    for f in ["vmlinuz", "initramfs"] {
+        std::fs::copy(kernels.join(&kver).join(f), kdir.join(f)).unwrap();
+    }
+    if nix::unistd::geteuid().is_root() {
+        run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{NOBODY}:{NOBODY}"))
+            .arg(&dir));
+    }
+    let b = Bench { bin, dir, uri };
+    teardown.helper = Some(
+        b.command(&eventd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qubes-admin-eventd"),
+    );
+    let sock = b.dir.join("run/qubes-admin/eventd.sock");
+    let t = Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    b.call("admin.property.Set+default_kernel", "dom0", &kver);
+    b.call("admin.vm.Create.TemplateVM", "dom0", "name=bt label=black");
+    let names: Vec<String> = (0..QUBES).map(|i| format!("b{i}")).collect();
+    for n in &names {
+        b.call(
+            "admin.vm.Create.AppVM+bt",
+            "dom0",
+            &format!("name={n} label=red"),
+        );
+        b.call("admin.vm.property.Set+netvm", n, "");
+        b.call("admin.vm.property.Set+memory", n, "192");
+        b.call("admin.vm.property.Set+kernelopts", n, "console=ttyS0");
+    }
+    let conn = Conn::open(&b.uri).expect("libvirt");
+
+    // One qube at a time: ours (and, of it, the time libvirt took), then libvirt's own on one
+    // open connection here (define with the XML our Start generated, start paused, resume).
+    let mut ours: [Vec<(Duration, Duration)>; 3] = Default::default();
+    let mut lv: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..ROUNDS {
+        for n in &names {
+            ours[0].push(b.timed("admin.vm.Start", n, ""));
+            ours[1].push(b.timed("admin.vm.Pause", n, ""));
+            b.call("admin.vm.Unpause", n, "");
+            ours[2].push(b.timed("admin.vm.Kill", n, ""));
+
+            let uuid = b.uuid(n);
+            let xml = run(Command::new("virsh")
+                .args(["-q", "-c", &b.uri, "dumpxml", "--inactive"])
+                .arg(n));
+            scratch_files(&b.dir, n, true);
+            let t = Instant::now();
+            conn.define(&xml).unwrap();
+            conn.op(&uuid, Op::StartPaused).unwrap();
+            conn.op(&uuid, Op::Resume).unwrap();
+            lv[0].push(t.elapsed());
+            let t = Instant::now();
+            conn.op(&uuid, Op::Pause).unwrap();
+            lv[1].push(t.elapsed());
+            conn.op(&uuid, Op::Resume).unwrap();
+            let t = Instant::now();
+            conn.op(&uuid, Op::Destroy).unwrap();
+            lv[2].push(t.elapsed());
+            scratch_files(&b.dir, n, false);
+        }
+    }
+    let starts: Vec<Duration> = ours[0].iter().map(|x| x.0).collect();
+    let cold = starts.first().copied().unwrap_or_default();
+    let slowest_warm = starts.iter().skip(QUBES).max().copied().unwrap_or_default();
+
+    // Ten Starts at once, one process each, as qrexec would run them; each reply timed by
+    // its own waiter.
+    let t = Instant::now();
+    let waiters: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let c = b.spawn("admin.vm.Start", n, "");
+            std::thread::spawn(move || {
+                let out = c.wait_with_output().unwrap();
+                assert!(out.stdout.starts_with(b"0\0"), "{:?}", out.stdout);
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut batch_each: Vec<Duration> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    batch_each.sort();
+    let batch = batch_each.last().copied().unwrap_or_default();
+
+    // vm.List with the ten running (once they idle: TCG boots take the CPUs meanwhile).
+    for n in &names {
+        b.wait_up(n);
+    }
+    let (mut list, mut list_floor) = (vec![], vec![]);
+    for _ in 0..100 {
+        list_floor.push(b.floor());
+        list.push(b.call("admin.vm.List", "dom0", ""));
+    }
+    let list_body = || {
+        let out = b
+            .spawn("admin.vm.List", "dom0", "")
+            .wait_with_output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.strip_prefix("0\0").unwrap_or(&text).to_string()
+    };
+    let (running, total) = {
+        let text = list_body();
+        let lines = text
+            .lines()
+            .filter(|l| !l.starts_with("dom0 "))
+            .collect::<Vec<_>>();
+        let running = lines.iter().filter(|l| l.contains("state=Running")).count();
+        (running, lines.len())
+    };
+    let listing = list_body();
+    for n in &names {
+        b.call("admin.vm.Kill", n, "");
+    }
+
+    // The same ten starts through libvirt alone, at once (one thread each, one connection).
+    let uuids: Vec<String> = names.iter().map(|n| b.uuid(n)).collect();
+    for n in &names {
+        scratch_files(&b.dir, n, true);
+    }
+    let t = Instant::now();
+    let mut lv_batch = Duration::ZERO;
+    std::thread::scope(|s| {
+        let hs: Vec<_> = uuids
+            .iter()
+            .map(|u| {
+                let conn = &conn;
+                s.spawn(move || {
+                    conn.op(u, Op::StartPaused).unwrap();
+                    conn.op(u, Op::Resume).unwrap();
+                    t.elapsed()
+                })
+            })
+            .collect();
+        for h in hs {
+            lv_batch = lv_batch.max(h.join().unwrap());
+        }
+    });
+    for u in &uuids {
+        conn.op(u, Op::Destroy).unwrap();
+    }
+    for n in &names {
+        scratch_files(&b.dir, n, false);
+    }
+    drop(conn);
+    drop(teardown);
+
+    let mut md = String::new();
+    md.push_str(&format!(
+        "<!-- bench:qemu -->\n## Real QEMU guests (issue 8)\n\nProduced by `cargo build --release && cargo bench -p \
+         qubes-admin-services --bench qemu` on {} CPUs, {}. A private libvirtd with the QEMU session driver (TCG: its \
+         user has no KVM), {QUBES} AppVMs of 192 MiB booting Debian's {kver} with our initramfs; the helper runs. \
+         `call` is one exec of `qubes-admin-call` per call, of which `in libvirt` is the time the call waited on the \
+         helper's libvirt operations (it reports it with `QUBES_ADMIN_TIMING`), so `our own time` is what the call adds \
+         (exec, qubes.xml, volumes, events; Kill: stop processing). `libvirt alone` is the same operations on one open \
+         connection in the benchmark's process (Start: define + start paused + resume; Pause: suspend; Kill: \
+         destroy), for scale: QEMU's start and exit dominate, and libvirt's destroy waits for QEMU to exit in 200 ms \
+         steps. Medians of {} runs. Target: our own time ≤ 10 ms.\n\n\
+         | operation | call | in libvirt | our own time | libvirt alone |\n|---|---|---|---|---|\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        date(),
+        ROUNDS * QUBES,
+    ));
+    for (i, name) in ["Start", "Pause", "Kill"].iter().enumerate() {
+        let total: Vec<Duration> = ours[i].iter().map(|x| x.0).collect();
+        let inside: Vec<Duration> = ours[i].iter().map(|x| x.1).collect();
+        let own: Vec<Duration> = ours[i].iter().map(|x| x.0.saturating_sub(x.1)).collect();
+        md.push_str(&format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            ms(median(total)),
+            ms(median(inside)),
+            ms(median(own)),
+            ms(median(lv[i].clone()))
+        ));
+    }
+    md.push_str(&format!(
+        "\n`vm.List` with {running} of its {total} qubes running (and dom0): {} median, floor (`/bin/true`, same \
+         spawn) {}, +{} (100 runs).\n\n\
+         {QUBES} Starts of different qubes issued at once (one process each, as qrexec runs them): the last reply \
+         came after {}; the slowest single warm Start above took {} (ratio {:.2}; target ≤ 1.5; the first, cold \
+         Start took {}), the median single Start {}, so one after another they would take about {}. The replies \
+         came after (ms): {}. libvirt alone, starting the same ten at once (start paused + resume, one thread \
+         each), took {}: with 2 CPUs, ten QEMU processes starting together share the CPUs, and that, not a \
+         wait for another qube, is the batch's time (per-qube locks; the helper serves each request on its own \
+         thread).\n\nThe listing with the ten running:\n\n```\n{}```\n<!-- /bench:qemu -->\n",
+        ms(median(list.clone())),
+        ms(median(list_floor.clone())),
+        ms(median(list).saturating_sub(median(list_floor))),
+        ms(batch),
+        ms(slowest_warm),
+        batch.as_secs_f64() / slowest_warm.as_secs_f64().max(1e-9),
+        ms(cold),
+        ms(median(starts.clone())),
+        ms(median(starts) * QUBES as u32),
+        batch_each
+            .iter()
+            .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ms(lv_batch),
+        listing,
+    ));
+    print!("{md}");
+    let path = root.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = match (
+        old.find("<!-- bench:qemu -->"),
+        old.find("<!-- /bench:qemu -->\n"),
+    ) {
+        (Some(a), Some(z)) => format!(
+            "{}{md}{}",
+            &old[..a],
+            &old[z + "<!-- /bench:qemu -->\n".len()..]
+        ),
+        _ => format!("{old}\n{md}"),
+    };
+    std::fs::write(&path, new).expect("write BENCHMARKS.md");
+    println!("wrote BENCHMARKS.md");
+}
+
+fn date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}

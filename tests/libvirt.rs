@@ -171,8 +171,26 @@ impl Env {
         assert_eq!(got, want);
     }
 
+    /// Waits until at least `n` events were logged after `seen` (which moves on); them.
+    fn wait_events(&self, seen: &mut u64, n: usize) -> Vec<String> {
+        let t = Instant::now();
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.extend(self.events_after(seen));
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{} of {n} events after 10 s: {got:?}",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        got
+    }
+
     fn start_helper(&mut self) {
         let child = Command::new(EVENTD)
+            .env("QUBES_XML_PATH", self.tmp.path().join("qubes.xml"))
+            .env("QUBES_BASE_DIR", self.tmp.path().join("varlib"))
             .env("QUBES_RUN_DIR", self.run_dir())
             .env("QUBES_LIBVIRT_URI", &self.uri)
             .stdin(Stdio::null())
@@ -724,6 +742,41 @@ fn killed_disposable_is_cleaned_up() {
         !env.virsh_ok(&["dominfo", &name]),
         "still defined in libvirt"
     );
+
+    // One that stops by itself: the helper's stop processing removes it. (Started through
+    // libvirt here; the mark is what our Start leaves, see runtime::started_mark.)
+    let made =
+        String::from_utf8(env.call("admin.vm.CreateDisposable", "default-dvm", None)).unwrap();
+    let name = made.strip_prefix("0\0").unwrap().to_string();
+    let doc = qubes_admin::store::load(&xml_path).unwrap().0;
+    let uuid = doc
+        .uuid(doc.domain_by_name(&name).unwrap())
+        .unwrap()
+        .to_string();
+    let dir = env.tmp.path().join("varlib/appvms").join(&name);
+    std::fs::write(&xml, domain_xml(&name, &uuid)).unwrap();
+    env.virsh(&["define", xml.to_str().unwrap()]);
+    env.virsh(&["start", &name]);
+    std::fs::write(
+        qubes_admin::runtime::started_mark(&env.run_dir(), &uuid),
+        b"",
+    )
+    .unwrap();
+    let mut seen = qubes_admin::events::append(&env.run_dir(), &[]).unwrap();
+    env.virsh(&["destroy", &name]);
+    let evs = env.wait_events(&mut seen, 6);
+    assert_eq!(
+        evs[3..],
+        [
+            format!("{name}|domain-stopped|"),
+            format!("|domain-pre-delete|vm={name}"),
+            format!("|domain-delete|vm={name}"),
+        ]
+    );
+    let doc = qubes_admin::store::load(&xml_path).unwrap().0;
+    assert!(doc.domain_by_name(&name).is_none());
+    assert!(!dir.exists());
+    assert!(!env.virsh_ok(&["dominfo", &name]));
     env.stop_helper();
 }
 
@@ -861,6 +914,39 @@ fn start_with_its_netvm_chain() {
         .run_dir()
         .join("volume-running-varlibqubes:appvms-a1-root")
         .exists());
+    // A qube paused and stopped behind our back (as by its guest, a crash, another tool): the
+    // helper logs `domain-paused`, and runs the stop processing (events, private committed,
+    // started mark gone).
+    assert_eq!(call("admin.vm.Start+", "a1", b""), "0\0");
+    env.events_after(&mut seen);
+    let marks = |env: &Env| {
+        std::fs::read_dir(env.run_dir().join("qubes-admin"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("started-"))
+            .count()
+    };
+    assert_eq!(marks(&env), 2, "a1 and net1 are marked started");
+    env.virsh(&["suspend", "a1"]);
+    assert_eq!(env.wait_events(&mut seen, 1), ["a1|domain-paused|"]);
+    env.virsh(&["resume", "a1"]);
+    env.virsh(&["destroy", "a1"]);
+    let stopped = |vm: &str| -> Vec<String> {
+        [
+            "property-reset:xid|name=xid",
+            "property-reset:stubdom_xid|name=stubdom_xid",
+            "property-reset:start_time|name=start_time",
+            "domain-stopped|",
+            "domain-shutdown|",
+        ]
+        .iter()
+        .map(|e| format!("{vm}|{e}"))
+        .collect()
+    };
+    assert_eq!(env.wait_events(&mut seen, 5), stopped("a1"));
+    assert!(!a1.join("private-dirty.img").exists() && a1.join("private.img").exists());
+    assert!(!a1.join("root-dirty.img").exists());
+    assert_eq!(marks(&env), 1);
     // dom0 and prohibit-start.
     assert_eq!(
         call("admin.vm.Start+", "dom0", b""),
@@ -874,5 +960,14 @@ fn start_with_its_netvm_chain() {
         call("admin.vm.Start+", "a1", b""),
         "2\0QubesException\0\0Qube start is prohibited. Rationale: broken\0"
     );
+    env.events_after(&mut seen);
+    // Stopped while the helper was down: found when it starts again.
+    env.stop_helper();
+    env.virsh(&["destroy", "net1"]);
+    env.start_helper();
+    assert_eq!(env.wait_events(&mut seen, 5), stopped("net1"));
+    assert_eq!(marks(&env), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(env.events_after(&mut seen).is_empty(), "nothing twice");
     env.stop_helper();
 }

@@ -15,12 +15,15 @@
     clippy::panic
 )]
 
+mod support;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CALL: &str = env!("CARGO_BIN_EXE_qubes-admin-call");
+const EVENTD: &str = env!("CARGO_BIN_EXE_qubes-admin-eventd");
 const NOBODY: u32 = 65534;
 
 fn repo() -> PathBuf {
@@ -61,7 +64,12 @@ struct Env {
 
 impl Env {
     fn command(&self) -> Command {
-        let mut c = Command::new(CALL);
+        self.command_for(CALL)
+    }
+
+    /// `program` with the sandbox's environment, as the sandbox's user.
+    fn command_for(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         c.env_clear()
             .env("QUBES_XML_PATH", self.dir.join("qubes.xml"))
             .env("QUBES_BASE_DIR", self.dir.join("varlib"))
@@ -338,6 +346,63 @@ fn a_real_qube_boots_pauses_shuts_down_and_is_killed() {
     assert!(env
         .ok("admin.vm.List", "boot", "")
         .contains(" state=Halted "));
+
+    // With the helper running (as its service unit would): the qube stops by itself, once by
+    // a shutdown from outside our API (libvirt's ACPI power button; the guest powers off) and
+    // once by its QEMU process being killed. A subscriber sees the stop processing's events and
+    // the private volume is committed each time.
+    let mut helper = env
+        .command_for(EVENTD)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = env.dir.join("run/qubes-admin/eventd.sock");
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no helper socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut sub = support::Subscriber::spawn(env.command(), "dom0", "boot");
+    let stopped: Vec<Vec<u8>> = [
+        &b"1\0boot\0property-reset:xid\0name\0xid\0\0"[..],
+        b"1\0boot\0property-reset:stubdom_xid\0name\0stubdom_xid\0\0",
+        b"1\0boot\0property-reset:start_time\0name\0start_time\0\0",
+        b"1\0boot\0domain-stopped\0\0",
+        b"1\0boot\0domain-shutdown\0\0",
+    ]
+    .iter()
+    .map(|f| f.to_vec())
+    .collect();
+    let private = env.dir.join("varlib/appvms/boot");
+    let mut frames = 1;
+    for how in ["shutdown", "kill"] {
+        assert_eq!(env.call("admin.vm.Start", "boot", ""), "0\0");
+        frames += 9; // the Start's events
+        env.wait_console("boot", "qubes-admin-rs guest up");
+        assert!(private.join("private-dirty.img").exists());
+        if how == "shutdown" {
+            let st = Command::new("virsh")
+                .args(["-q", "-c", &env.uri, "shutdown", "boot"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        } else {
+            let st = Command::new("pkill")
+                .args(["-KILL", "-f", "guest=boot,"])
+                .status()
+                .unwrap();
+            assert!(st.success(), "no QEMU process for boot");
+        }
+        frames += stopped.len();
+        let got = sub.wait_for(frames);
+        assert_eq!(got[frames - stopped.len()..], stopped[..], "after {how}");
+        assert_eq!(env.domstate("boot"), "shut off");
+        assert!(!private.join("private-dirty.img").exists(), "after {how}");
+        assert!(private.join("private.img").exists());
+    }
+    drop(sub);
+    let _ = helper.kill();
+    let _ = helper.wait();
 
     env.ok("admin.vm.Remove", "boot", "");
     env.ok("admin.vm.Remove", "boot-tpl", "");

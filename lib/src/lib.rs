@@ -255,21 +255,74 @@ impl System {
                 return Err(e);
             }
         };
-        // Events first: work after the call (a disposable's auto-cleanup) logs its own after.
-        let logged = if outcome.events.is_empty() {
-            Ok(0)
-        } else {
-            events::append(&self.config.run_dir, &outcome.events)
+        let stream = outcome.stream.clone();
+        log_and_finish(&self.config, outcome)?;
+        Ok((body, stream))
+    }
+
+    /// What the helper calls for a lifecycle change libvirt reported (a qube that stopped or
+    /// was paused while no call was looking): [`model::lifecycle::on_domain_event`] on the
+    /// current qubes.xml, its events logged as a call's are. A qube unknown to qubes.xml is
+    /// none of ours.
+    pub fn domain_event(&mut self, ev: &runtime::DomainEvent) -> Result<(), ApiError> {
+        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
+        let (Some(id), Some(dom0)) = (doc.domain_by_uuid(&ev.uuid), doc.domain_by_name("dom0"))
+        else {
+            return Ok(());
         };
-        for f in outcome.after_commit {
-            f();
+        let call = Call {
+            method: "qubes-admin-eventd",
+            src: dom0,
+            dest: id,
+            arg: String::new(),
+            payload: Vec::new(),
+        };
+        let mut ctx = Ctx::new(&self.config, call, DocRef::Read(doc), self.hv.as_ref());
+        let r = model::lifecycle::on_domain_event(&mut ctx, id, ev.kind);
+        let outcome = ctx.finish();
+        if let Err(e) = r {
+            outcome.abort();
+            return Err(e);
         }
-        logged.map_err(|e| {
-            ApiError::qubes(format!(
-                "the call succeeded, but its events were not logged: {e}"
-            ))
-        })?;
-        Ok((body, outcome.stream))
+        log_and_finish(&self.config, outcome)
+    }
+}
+
+/// After a call on the read view succeeded: its events to the log first, then the work after
+/// it (a disposable's auto-cleanup logs its own events after).
+fn log_and_finish(config: &Config, outcome: model::context::Outcome) -> Result<(), ApiError> {
+    let logged = if outcome.events.is_empty() {
+        Ok(0)
+    } else {
+        events::append(&config.run_dir, &outcome.events)
+    };
+    for f in outcome.after_commit {
+        f();
+    }
+    logged.map_err(|e| {
+        ApiError::qubes(format!(
+            "the call succeeded, but its events were not logged: {e}"
+        ))
+    })?;
+    Ok(())
+}
+
+/// The helper's reaction to a lifecycle change ([`runtime::eventd::Reactor`]): a short
+/// [`System::domain_event`] on the helper's own runtime source. Errors go to stderr, the
+/// helper's log.
+pub fn react_to_domain_event(
+    config: &Config,
+    hv: Box<dyn runtime::Hypervisor>,
+    ev: &runtime::DomainEvent,
+) {
+    if let Err(e) = System::with_hypervisor(config.clone(), hv).domain_event(ev) {
+        eprintln!(
+            "qubes-admin-eventd: {:?} of {}: {}: {}",
+            ev.kind,
+            ev.uuid,
+            e.ty.as_str(),
+            e.msg
+        );
     }
 }
 

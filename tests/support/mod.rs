@@ -16,9 +16,10 @@
 
 pub mod lvm;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -220,6 +221,126 @@ pub fn run(mut c: Command, stdin: &[u8]) -> Output {
         status,
         stdout: t_out.join().unwrap(),
         stderr: t_err.join().unwrap(),
+    }
+}
+
+/// The first frame of every `admin.Events` stream.
+pub const CONN: &[u8] = b"1\0\0connection-established\0\0";
+
+/// One `admin.Events` process and what it has written so far.
+pub struct Subscriber {
+    pub child: Child,
+    pub out: Option<ChildStdout>,
+    buf: Vec<u8>,
+}
+
+impl Subscriber {
+    pub fn new(sb: &Sandbox, src: &str, dest: &str) -> Subscriber {
+        Subscriber::spawn(sb.command(), src, dest)
+    }
+
+    /// `admin.Events` in exec-service mode (as qrexec runs it) from `c` (the binary with its
+    /// environment).
+    pub fn spawn(mut c: Command, src: &str, dest: &str) -> Subscriber {
+        c.env("QREXEC_SERVICE_FULL_NAME", "admin.Events")
+            .env("QREXEC_REMOTE_DOMAIN", src)
+            .env("QREXEC_REQUESTED_TARGET_TYPE", "name")
+            .env("QREXEC_REQUESTED_TARGET", dest)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = c.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let fl = nix::fcntl::fcntl(out.as_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(out.as_fd(), nix::fcntl::FcntlArg::F_SETFL(fl)).unwrap();
+        let mut s = Subscriber {
+            child,
+            out: Some(out),
+            buf: Vec::new(),
+        };
+        // Subscribed once the first frame is out: later events reach it.
+        s.wait_for(1);
+        assert_eq!(s.frames()[0], CONN);
+        s
+    }
+
+    fn pump(&mut self) {
+        let Some(out) = self.out.as_mut() else { return };
+        let mut chunk = [0u8; 65536];
+        loop {
+            match out.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// The frames received, split as a client does (a frame ends at an empty key).
+    pub fn frames(&mut self) -> Vec<Vec<u8>> {
+        self.pump();
+        split_frames(&self.buf)
+    }
+
+    pub fn wait_for(&mut self, n: usize) -> Vec<Vec<u8>> {
+        let t = Instant::now();
+        loop {
+            let f = self.frames();
+            if f.len() >= n {
+                return f;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{} of {n} frames after 10 s: {:?}",
+                f.len(),
+                f.iter().map(|x| show(x)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).replace('\0', "|")
+}
+
+/// `1\0subject\0event\0(key\0value\0)*\0` frames, parsed the way qubesadmin parses them.
+pub fn split_frames(mut b: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let field = |b: &[u8], at: usize| b[at..].iter().position(|&c| c == 0).map(|p| at + p + 1);
+    loop {
+        let start = b;
+        let Some(mut at) = (|| {
+            let at = field(b, 0)?; // "1"
+            let at = field(b, at)?; // subject
+            field(b, at) // event
+        })() else {
+            return out;
+        };
+        loop {
+            let Some(k_end) = field(b, at) else {
+                return out;
+            };
+            if k_end == at + 1 {
+                at = k_end; // empty key: end of the frame
+                break;
+            }
+            let Some(v_end) = field(b, k_end) else {
+                return out;
+            };
+            at = v_end;
+        }
+        out.push(start[..at].to_vec());
+        b = &b[at..];
     }
 }
 

@@ -288,6 +288,7 @@ fn start_qube(ctx: &mut Ctx<'_>, id: DomId, depth: u32) -> Result<(), ApiError> 
         return Err(start_failed(&e.to_string()));
     }
     ctx.emit(&name, "domain-unpaused", &[]);
+    crate::model::lifecycle::mark_started(ctx, id)?;
     ctx.emit(&name, "domain-start", &guid);
     Ok(())
 }

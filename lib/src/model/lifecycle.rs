@@ -1,6 +1,7 @@
 //! What the lifecycle calls share (`core.md` §3.11, §10): the per-qube operation lock, the
-//! live libvirt state of a qube, and stop processing (§10.3), which `Kill` runs when it sees the
-//! qube stop (and the event helper will run for qubes that stop by themselves).
+//! live libvirt state of a qube, the started mark, and stop processing (§10.3), which `Kill`
+//! and `Shutdown+wait` run when they see the qube stop and the event helper runs for qubes that
+//! stop by themselves ([`on_domain_event`]).
 
 use std::fs::File;
 
@@ -10,7 +11,7 @@ use crate::model::context::Ctx;
 use crate::model::power_state::vm_uuid;
 use crate::model::props::{defaults, value::Val};
 use crate::model::volumes;
-use crate::runtime::{DomState, DomainRuntime, HvError};
+use crate::runtime::{started_mark, DomState, DomainEventKind, DomainRuntime, HvError};
 use crate::store::DomId;
 use crate::store::WriteTxn;
 use crate::wire::python::repr;
@@ -37,6 +38,39 @@ pub fn lock_qube(ctx: &Ctx<'_>, id: DomId) -> Result<QubeLock, ApiError> {
     file.lock()
         .map_err(|e| ApiError::qubes(format!("cannot lock {}: {e}", path.display())))?;
     Ok(QubeLock { _file: file })
+}
+
+/// Marks qube `id` started (its Start succeeded): see [`crate::runtime::started_mark`].
+pub fn mark_started(ctx: &Ctx<'_>, id: DomId) -> Result<(), ApiError> {
+    let path = started_mark(&ctx.config.run_dir, &vm_uuid(ctx, id)?);
+    std::fs::write(&path, b"").map_err(|e| ApiError::qubes(format!("{}: {e}", path.display())))
+}
+
+/// What a lifecycle change that libvirt reported means for qube `id`, decided under its lock,
+/// so that a call acting on the qube at the same moment (Kill, Shutdown+wait, Start, Pause)
+/// finishes first and nothing is done twice. Only a qube marked started is concerned:
+/// * stopped (and still not running): stop processing, with its events and, for an
+///   auto-cleanup disposable, its removal;
+/// * paused (and still paused): `domain-paused`.
+pub fn on_domain_event(
+    ctx: &mut Ctx<'_>,
+    id: DomId,
+    kind: DomainEventKind,
+) -> Result<(), ApiError> {
+    let _lock = lock_qube(ctx, id)?;
+    if !started_mark(&ctx.config.run_dir, &vm_uuid(ctx, id)?).exists() {
+        return Ok(());
+    }
+    let dom = live_domain(ctx, id)?;
+    match kind {
+        DomainEventKind::Stopped if !is_active(dom.as_ref()) => stop_processing(ctx, id),
+        DomainEventKind::Suspended if dom.is_some_and(|d| d.state == DomState::Paused) => {
+            let name = ctx.doc().name(id).to_string();
+            ctx.emit(&name, "domain-paused", &[]);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The qube's libvirt domain as of now (`None`: not defined).
@@ -95,6 +129,7 @@ pub fn stop_processing(ctx: &mut Ctx<'_>, id: DomId) -> Result<(), ApiError> {
     let pools = volumes::pools(ctx);
     let vols = volumes::volumes_of(ctx, &pools, id)?;
     volumes::stop_storage(&ctx.config.run_dir, &pools, &vols);
+    let _ = std::fs::remove_file(started_mark(&ctx.config.run_dir, &vm_uuid(ctx, id)?));
     let name = ctx.doc().name(id).to_string();
     for prop in ["xid", "stubdom_xid", "start_time"] {
         ctx.emit(&name, format!("property-reset:{prop}"), &[("name", prop)]);

@@ -26,7 +26,9 @@ use nix::sys::stat::{umask, Mode};
 use super::client::{helper_dir, lock_path, socket_path};
 use super::libvirt::{quiet_errors, Conn, LibvirtError};
 use super::proto::{self, Request, MAX_REQUEST_LINE};
-use super::{DomainRuntime, HostInfo, Runtime};
+use super::{
+    DomainEvent, DomainEventKind, DomainRuntime, HostInfo, HvError, Hypervisor, Op, Runtime,
+};
 use crate::ffi::libvirt::{deregister_lifecycle, register_lifecycle};
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +155,76 @@ fn unavailable(st: &State) -> String {
 struct Event {
     generation: u64,
     uuid: String,
+    /// libvirt's `virDomainEventType`.
+    kind: i32,
+}
+
+/// What the helper does with a [`DomainEvent`] (the library's reaction: stop processing, the
+/// `domain-paused` event), given a runtime source that answers from the helper itself.
+pub type Reactor = Arc<dyn Fn(Box<dyn Hypervisor>, &DomainEvent) + Send + Sync>;
+
+/// The helper's own state and connection as a [`Hypervisor`], for its reactions: the same
+/// answers a per-call process gets over the socket, without the socket.
+struct InProcess(Arc<Shared>);
+
+impl Hypervisor for InProcess {
+    fn runtime(&self) -> Result<Runtime, HvError> {
+        proto::decode_list(&self.0.answer(&Request::List))
+            .map_err(|e| HvError::Unavailable(e.to_string()))
+    }
+
+    fn domain(&self, uuid: &str) -> Result<Option<DomainRuntime>, HvError> {
+        proto::decode_info(&self.0.answer(&Request::Info(uuid.to_ascii_lowercase())))
+            .map_err(|e| HvError::Unavailable(e.to_string()))
+    }
+
+    fn define(&self, xml: &str) -> Result<(), HvError> {
+        done(&self.0.answer(&Request::Define(xml.to_string())))
+    }
+
+    fn op(&self, uuid: &str, op: Op) -> Result<(), HvError> {
+        done(&self.0.answer(&Request::Op(op, uuid.to_ascii_lowercase())))
+    }
+}
+
+fn done(reply: &str) -> Result<(), HvError> {
+    proto::decode_done(reply).map_err(|e| match e {
+        proto::ProtoError::Remote(m) => HvError::Failed(m),
+        other => HvError::Protocol(other.to_string()),
+    })
+}
+
+/// The libvirt lifecycle events the library reacts to.
+fn reaction(kind: i32) -> Option<DomainEventKind> {
+    match u32::try_from(kind).ok()? {
+        virt::sys::VIR_DOMAIN_EVENT_STOPPED => Some(DomainEventKind::Stopped),
+        virt::sys::VIR_DOMAIN_EVENT_SUSPENDED => Some(DomainEventKind::Suspended),
+        _ => None,
+    }
+}
+
+/// Qubes marked started whose domain is not running (they stopped while the helper was down or
+/// disconnected): each gets a `Stopped` reaction.
+fn reconcile(run_dir: &Path, shared: &Shared, reactions: &mpsc::Sender<DomainEvent>) {
+    let Ok(entries) = std::fs::read_dir(helper_dir(run_dir)) else {
+        return;
+    };
+    let st = shared.lock();
+    let Some(cache) = st.cache.as_ref() else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(uuid) = name.to_str().and_then(|n| n.strip_prefix("started-")) else {
+            continue;
+        };
+        if !cache.domains.get(uuid).is_some_and(|d| d.active) {
+            let _ = reactions.send(DomainEvent {
+                uuid: uuid.to_string(),
+                kind: DomainEventKind::Stopped,
+            });
+        }
+    }
 }
 
 /// Invalidates the cache and forgets the connection; `why` is what clients are told.
@@ -178,7 +250,13 @@ fn retire(conn: Arc<Conn>) {
 
 /// Connects, refreshes and follows events until the connection is lost; forever (the signal
 /// thread ends the process).
-fn manage(uri: String, shared: Arc<Shared>, ready: mpsc::Sender<()>) {
+fn manage(
+    uri: String,
+    run_dir: PathBuf,
+    shared: Arc<Shared>,
+    ready: mpsc::Sender<()>,
+    reactions: mpsc::Sender<DomainEvent>,
+) {
     let (tx, rx) = mpsc::channel::<Event>();
     let mut generation: u64 = 0;
     let mut backoff = BACKOFF_MIN;
@@ -192,7 +270,8 @@ fn manage(uri: String, shared: Arc<Shared>, ready: mpsc::Sender<()>) {
                     let _ = r.send(());
                 }
                 backoff = BACKOFF_MIN;
-                let why = follow(&conn, &shared, &rx, generation);
+                reconcile(&run_dir, &shared, &reactions);
+                let why = follow(&conn, &shared, &rx, generation, &reactions);
                 eprintln!("qubes-admin-eventd: {why}");
                 // Drops the state's reference too, so that `retire` can close the connection.
                 set_down(&shared, why);
@@ -232,10 +311,11 @@ fn connect_and_refresh(
     // Register before listing: an event that races with the listing is queued and re-queried.
     let cb = register_lifecycle(
         conn.connect()?,
-        Box::new(move |uuid, _event, _detail| {
+        Box::new(move |uuid, event, _detail| {
             let _ = sender.send(Event {
                 generation,
                 uuid: uuid.to_ascii_lowercase(),
+                kind: event,
             });
         }),
     )
@@ -266,21 +346,36 @@ fn connect_and_refresh(
 }
 
 /// Applies events until the connection dies; returns why it stopped.
-fn follow(conn: &Conn, shared: &Shared, rx: &mpsc::Receiver<Event>, generation: u64) -> String {
+fn follow(
+    conn: &Conn,
+    shared: &Shared,
+    rx: &mpsc::Receiver<Event>,
+    generation: u64,
+    reactions: &mpsc::Sender<DomainEvent>,
+) -> String {
     loop {
         match rx.recv_timeout(POLL) {
             Ok(ev) if ev.generation == generation => match conn.domain(&ev.uuid) {
                 Ok(d) => {
-                    let mut st = shared.lock();
-                    if let Some(cache) = st.cache.as_mut() {
-                        match d {
-                            Some(d) => {
-                                cache.domains.insert(ev.uuid, d);
-                            }
-                            None => {
-                                cache.domains.remove(&ev.uuid);
+                    {
+                        let mut st = shared.lock();
+                        if let Some(cache) = st.cache.as_mut() {
+                            match d {
+                                Some(d) => {
+                                    cache.domains.insert(ev.uuid.clone(), d);
+                                }
+                                None => {
+                                    cache.domains.remove(&ev.uuid);
+                                }
                             }
                         }
+                    }
+                    // After the cache is current: the reaction reads state through it.
+                    if let Some(kind) = reaction(ev.kind) {
+                        let _ = reactions.send(DomainEvent {
+                            uuid: ev.uuid,
+                            kind,
+                        });
                     }
                 }
                 // The cache can no longer be trusted: rebuild it from a fresh connection.
@@ -364,8 +459,10 @@ fn handle(mut stream: UnixStream, shared: &Shared) {
     let _ = stream.write_all(reply.as_bytes());
 }
 
-/// Runs the helper for `config` until SIGTERM/SIGINT.
-pub fn serve(config: &crate::Config) -> Result<(), EventdError> {
+/// Runs the helper for `config` until SIGTERM/SIGINT; `react` (if any) is called, on a thread
+/// of its own and one event at a time, for each lifecycle change of a domain and for each qube
+/// found stopped at (re)connection.
+pub fn serve(config: &crate::Config, react: Option<Reactor>) -> Result<(), EventdError> {
     quiet_errors();
     // Block the stop signals in every thread; one thread waits for them.
     let mut signals = SigSet::empty();
@@ -407,11 +504,26 @@ pub fn serve(config: &crate::Config) -> Result<(), EventdError> {
 
     let shared = Arc::new(Shared::default());
     let (ready_tx, ready_rx) = mpsc::channel();
+    let (react_tx, react_rx) = mpsc::channel::<DomainEvent>();
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("reactions".into())
+            .spawn(move || {
+                for ev in react_rx {
+                    if let Some(react) = &react {
+                        react(Box::new(InProcess(Arc::clone(&shared))), &ev);
+                    }
+                }
+            })
+            .map_err(EventdError::Thread)?;
+    }
     {
         let (uri, shared) = (config.libvirt_uri.clone(), Arc::clone(&shared));
+        let run_dir = config.run_dir.clone();
         std::thread::Builder::new()
             .name("libvirt-manager".into())
-            .spawn(move || manage(uri, shared, ready_tx))
+            .spawn(move || manage(uri, run_dir, shared, ready_tx, react_tx))
             .map_err(EventdError::Thread)?;
     }
     // Open the socket once the first refresh is done (or failed): clients then never see a

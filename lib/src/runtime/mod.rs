@@ -16,6 +16,31 @@ pub mod eventd;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 
+/// A lifecycle change libvirt reported for a domain while no call was looking: what the helper
+/// hands to the library's reaction (`react_to_domain_event` at the crate root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainEvent {
+    /// Canonical (lower-case) UUID.
+    pub uuid: String,
+    pub kind: DomainEventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainEventKind {
+    /// The domain stopped (shutdown from inside, crash, destroy by someone else).
+    Stopped,
+    /// The domain was paused.
+    Suspended,
+}
+
+/// `<run_dir>/qubes-admin/started-<uuid>`: exists from a successful Start until the qube's stop
+/// processing ran. Whoever stops the qube (Kill, Shutdown+wait, the helper for a qube that
+/// stopped by itself) runs the stop processing once, under the qube's lock, if the mark is
+/// there; the helper's reconciliation finds qubes that stopped while it was down.
+pub fn started_mark(run_dir: &std::path::Path, uuid: &str) -> std::path::PathBuf {
+    client::helper_dir(run_dir).join(format!("started-{}", uuid.to_ascii_lowercase()))
+}
+
 /// libvirt's `virDomainState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomState {

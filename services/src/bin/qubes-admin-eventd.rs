@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     let config = Config::from_env();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     match argv.as_slice() {
-        [] => match eventd::serve(&config) {
+        [] => match eventd::serve(&config, Some(reactor(&config))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("qubes-admin-eventd: {e}");
@@ -54,6 +54,13 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Lifecycle changes libvirt reports become the library's reactions: stop processing for a
+/// qube that stopped by itself, `domain-paused`.
+fn reactor(config: &Config) -> eventd::Reactor {
+    let config = config.clone();
+    std::sync::Arc::new(move |hv, ev| qubes_admin::react_to_domain_event(&config, hv, ev))
 }
 
 fn usage_error(msg: &str) -> ExitCode {

@@ -6,9 +6,9 @@
 #
 # The kernel is Debian's own (linux-image-amd64, extracted from its .deb: nothing is installed
 # into /boot and no initramfs hook runs). The initramfs is ours: busybox-static and an /init
-# that mounts /proc, /sys and /dev, says "qubes-admin-rs guest up" on the serial console, and
-# powers the machine off when the ACPI power button is pressed (what libvirt's shutdown sends),
-# so Shutdown works as on a real qube. Needs apt-get, dpkg-deb, cpio and busybox-static.
+# that mounts /proc, /sys and /dev, finds the ACPI power button, says "qubes-admin-rs guest up"
+# on the serial console, and powers the machine off when the button is pressed (what libvirt's
+# shutdown sends), so Shutdown works as on a real qube. Needs apt-get, dpkg-deb, cpio and busybox-static.
 set -euo pipefail
 DIR=$(realpath -m "${1:?usage: guest-kernel.sh DIR}")
 BUSYBOX=/bin/busybox
@@ -27,7 +27,9 @@ fi
 [[ -n $pkg ]] || { echo "guest-kernel.sh: no linux-image-amd64 in the apt lists (run apt-get update)" >&2; exit 1; }
 ver=${pkg#linux-image-}
 out=$DIR/$ver
-if [[ -s $out/vmlinuz && -s $out/initramfs ]]; then
+# Bumped whenever the initramfs below changes, so that a cached kernel directory is rebuilt.
+RECIPE=2
+if [[ -s $out/vmlinuz && -s $out/initramfs && $(cat "$out/recipe" 2>/dev/null) == "$RECIPE" ]]; then
     echo "$ver"
     exit 0
 fi
@@ -53,7 +55,6 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 insmod /lib/evdev.ko
 insmod /lib/button.ko
-echo "qubes-admin-rs guest up" > /dev/console
 for i in $(seq 50); do
     for e in /sys/class/input/event*; do
         [ "$(cat "$e/device/name" 2>/dev/null)" = "Power Button" ] && pb=/dev/input/${e##*/}
@@ -61,6 +62,9 @@ for i in $(seq 50); do
     [ -n "$pb" ] && [ -e "$pb" ] && break
     sleep 0.1
 done
+# "up" once the power button is found, right before listening to it (a shutdown sent before
+# the line may be lost, as on a real guest that is still booting).
+echo "qubes-admin-rs guest up" > /dev/console
 if [ -n "$pb" ]; then
     # Blocks until the power button sends its first input event (evdev reads whole
     # 24-byte events: a smaller read fails at once).
@@ -77,6 +81,7 @@ mkdir -p "$out.tmp"
 cp "$work/deb/boot/vmlinuz-$ver" "$out.tmp/vmlinuz"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$out.tmp/initramfs"
 chmod 0644 "$out.tmp/vmlinuz" "$out.tmp/initramfs"
+echo "$RECIPE" > "$out.tmp/recipe"
 rm -rf "$out"
 mv "$out.tmp" "$out"
 echo "$ver"

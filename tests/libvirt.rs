@@ -8,6 +8,8 @@
     clippy::panic
 )]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -969,5 +971,82 @@ fn start_with_its_netvm_chain() {
     assert_eq!(marks(&env), 0);
     std::thread::sleep(Duration::from_millis(300));
     assert!(env.events_after(&mut seen).is_empty(), "nothing twice");
+    env.stop_helper();
+}
+
+/// admin.vm.Stats (exec-service mode, as qrexec runs it): `connection-established`, then every
+/// `stats_interval` seconds a `vm-stats` frame per running qube, with libvirt's figures; a
+/// halted destination ends the stream with the reference's exception.
+#[test]
+fn stats_stream() {
+    let Some(mut env) = setup() else { return };
+    env.start_helper();
+    let xml = env.tmp.path().join("vm0000.xml");
+    std::fs::write(&xml, domain_xml("vm0000", VM0000)).unwrap();
+    env.virsh(&["define", xml.to_str().unwrap()]);
+    env.virsh(&["start", "vm0000"]);
+    let mut set = Command::new(CALL);
+    set.arg("--socket-request")
+        .env("QUBES_XML_PATH", env.tmp.path().join("qubes.xml"))
+        .env("QUBES_RUN_DIR", env.run_dir());
+    let out = support::run(
+        set,
+        b"admin.property.Set+stats_interval dom0 name dom0\x001",
+    );
+    assert_eq!(out.stdout, b"0\0");
+    let cmd = || {
+        let mut c = Command::new(CALL);
+        c.env_clear()
+            .env("QUBES_XML_PATH", env.tmp.path().join("qubes.xml"))
+            .env("QUBES_BASE_DIR", env.tmp.path().join("varlib"))
+            .env("QUBES_RUN_DIR", env.run_dir())
+            .env("QUBES_LIBVIRT_URI", &env.uri);
+        c
+    };
+    // The test driver's domain: 400 MiB, 2 vCPUs; its CPU time moves on by itself.
+    let want = |f: &[u8]| {
+        let s = String::from_utf8_lossy(f).replace('\0', "|");
+        let (head, tail) = s.split_once("|cpu_time|").unwrap();
+        assert_eq!(
+            head,
+            "1|vm0000|vm-stats|memory_kb|409600|memory_assigned_total|409600|\
+             memory_assigned_usable|409600|memory_with_swap_used|409600"
+        );
+        let rest: Vec<&str> = tail.split('|').collect();
+        assert!(rest[0].parse::<u64>().is_ok(), "{s}");
+        assert_eq!(rest[1], "cpu_usage", "{s}");
+        assert!(rest[2].parse::<u64>().is_ok(), "{s}");
+        assert_eq!(rest[3..], ["online_vcpus", "2", "", ""], "{s}");
+        rest[2].to_string()
+    };
+    let mut one = support::Subscriber::service(cmd(), "admin.vm.Stats", "dom0", "vm0000");
+    let mut all = support::Subscriber::service(cmd(), "admin.vm.Stats", "dom0", "dom0");
+    let t = std::time::Instant::now();
+    let frames = one.wait_for(3);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "one sample per stats_interval"
+    );
+    assert_eq!(want(&frames[1]), "0", "no usage on the first sample");
+    want(&frames[2]);
+    // dest dom0: every running qube (here only vm0000; the test driver has no dom0 domain).
+    let frames = all.wait_for(2);
+    want(&frames[1]);
+    // A halted destination: connection-established, then the exception.
+    let mut halted = support::Subscriber::service(cmd(), "admin.vm.Stats", "dom0", "vm0001");
+    assert_eq!(halted.wait_for(1), [support::CONN.to_vec()]);
+    let t = std::time::Instant::now();
+    while halted.child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut want_halted = support::CONN.to_vec();
+    want_halted.extend_from_slice(
+        b"2\0QubesVMNotRunningError\0\0Domain not running (either powered off or paused): 'vm0001'\0",
+    );
+    assert_eq!(halted.raw(), want_halted);
+    drop(one);
+    drop(all);
+    env.virsh(&["destroy", "vm0000"]);
     env.stop_helper();
 }

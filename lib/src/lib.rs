@@ -116,28 +116,86 @@ impl System {
             out.write_all(&self.call(raw))?;
             return out.flush();
         }
-        let follower = match self.execute_read(raw) {
-            Ok((_, Some(sub))) => events::Follower::open(&self.config.run_dir, sub)
-                .map_err(|e| ApiError::qubes(format!("cannot follow the event log: {e}"))),
-            Ok((_, None)) => Err(ApiError::qubes(
-                "internal error: a streaming method did not subscribe",
-            )),
-            Err(e) => Err(e),
-        };
-        match follower {
-            Ok(f) => {
-                if let Err(e) = f.run(out) {
-                    // The stream has begun: an exception frame now would be read as an
-                    // event. End the connection; say why on stderr (the service's log).
-                    eprintln!("qubes-admin: admin.Events: {e}");
-                }
-                Ok(())
+        let stream = match self.execute_read(raw) {
+            Ok((_, Some(stream))) => stream,
+            Ok((_, None)) => {
+                let e = ApiError::qubes("internal error: a streaming method did not subscribe");
+                out.write_all(&wire::frame_exception(&e))?;
+                return out.flush();
             }
             Err(e) => {
                 out.write_all(&wire::frame_exception(&e))?;
-                out.flush()
+                return out.flush();
+            }
+        };
+        match stream {
+            model::context::Stream::Events(sub) => {
+                match events::Follower::open(&self.config.run_dir, sub) {
+                    Ok(f) => {
+                        if let Err(e) = f.run(out) {
+                            // The stream has begun: an exception frame now would be read as
+                            // an event. End the connection; say why on stderr (the log).
+                            eprintln!("qubes-admin: admin.Events: {e}");
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let e = ApiError::qubes(format!("cannot follow the event log: {e}"));
+                        out.write_all(&wire::frame_exception(&e))?;
+                        out.flush()
+                    }
+                }
+            }
+            model::context::Stream::Stats(sub) => {
+                api::vm_stats::stream(out, || self.stats_sample(&sub))
             }
         }
+    }
+
+    /// One `admin.vm.Stats` round: `stats_interval` and the live figures of the running qubes
+    /// `sub` covers, from the current qubes.xml (dom0 only where libvirt has a domain for it,
+    /// i.e. on Xen). A qube asked for by name that is not running ends the stream.
+    fn stats_sample(
+        &mut self,
+        sub: &events::Subscription,
+    ) -> Result<api::vm_stats::Sample, ApiError> {
+        let interval = self
+            .property(None, "stats_interval")?
+            .value
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
+        let rt = self.hv.runtime()?;
+        let mut qubes = Vec::new();
+        for id in doc.domains() {
+            let name = doc.name(id);
+            let covered = match sub {
+                events::Subscription::All => true,
+                events::Subscription::Qube(q) => q == name,
+                events::Subscription::Nothing => false,
+            };
+            let Some(uuid) = doc.uuid(id).filter(|_| covered) else {
+                continue;
+            };
+            let live = match rt.by_uuid(uuid).filter(|d| d.active) {
+                Some(_) => self.hv.domain(uuid)?.filter(|d| d.active),
+                None => None,
+            };
+            match (live, sub) {
+                (Some(d), _) => qubes.push((name.to_string(), d)),
+                (None, events::Subscription::Qube(_)) if !doc.is_admin(id) => {
+                    return Err(ApiError::new(
+                        ExcType::QubesVMNotRunningError,
+                        format!(
+                            "Domain not running (either powered off or paused): {}",
+                            wire::python::repr(name)
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(api::vm_stats::Sample { interval, qubes })
     }
 
     fn execute_write(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
@@ -236,7 +294,7 @@ impl System {
     fn execute_read(
         &mut self,
         raw: &RawRequest,
-    ) -> Result<(Vec<u8>, Option<events::Subscription>), ApiError> {
+    ) -> Result<(Vec<u8>, Option<model::context::Stream>), ApiError> {
         let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
         let r = api::request::resolve_request(doc, raw)?;
         let handler = r.method.handler;

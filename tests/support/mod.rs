@@ -241,8 +241,13 @@ impl Subscriber {
 
     /// `admin.Events` in exec-service mode (as qrexec runs it) from `c` (the binary with its
     /// environment).
-    pub fn spawn(mut c: Command, src: &str, dest: &str) -> Subscriber {
-        c.env("QREXEC_SERVICE_FULL_NAME", "admin.Events")
+    pub fn spawn(c: Command, src: &str, dest: &str) -> Subscriber {
+        Subscriber::service(c, "admin.Events", src, dest)
+    }
+
+    /// A streaming `service` (`admin.Events`, `admin.vm.Stats`) in exec-service mode.
+    pub fn service(mut c: Command, service: &str, src: &str, dest: &str) -> Subscriber {
+        c.env("QREXEC_SERVICE_FULL_NAME", service)
             .env("QREXEC_REMOTE_DOMAIN", src)
             .env("QREXEC_REQUESTED_TARGET_TYPE", "name")
             .env("QREXEC_REQUESTED_TARGET", dest)
@@ -278,6 +283,12 @@ impl Subscriber {
         }
     }
 
+    /// Every byte received so far.
+    pub fn raw(&mut self) -> Vec<u8> {
+        self.pump();
+        self.buf.clone()
+    }
+
     /// The frames received, split as a client does (a frame ends at an empty key).
     pub fn frames(&mut self) -> Vec<Vec<u8>> {
         self.pump();
@@ -285,6 +296,11 @@ impl Subscriber {
     }
 
     pub fn wait_for(&mut self, n: usize) -> Vec<Vec<u8>> {
+        self.wait_for_within(n, Duration::from_secs(10))
+    }
+
+    /// [`Subscriber::wait_for`] with a deadline of its own (real guests on a loaded machine).
+    pub fn wait_for_within(&mut self, n: usize, limit: Duration) -> Vec<Vec<u8>> {
         let t = Instant::now();
         loop {
             let f = self.frames();
@@ -292,8 +308,8 @@ impl Subscriber {
                 return f;
             }
             assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "{} of {n} frames after 10 s: {:?}",
+                t.elapsed() < limit,
+                "{} of {n} frames after {limit:?}: {:?}",
                 f.len(),
                 f.iter().map(|x| show(x)).collect::<Vec<_>>()
             );

@@ -3,13 +3,20 @@
 
 use crate::error::ApiError;
 use crate::events::Subscription;
-use crate::model::context::Ctx;
+use crate::model::context::{Ctx, Stream};
 
 /// dest dom0: every event; dest a qube: the events fired on it (core.md §9.1). A caller other
 /// than dom0 gets, until the qrexec policy filter exists (the policy issue fills this hook),
 /// only the events of a qube it names as destination: never the whole system's.
 pub fn subscribe(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    let sub = if ctx.dest_is_admin() {
+    let sub = subscription(ctx);
+    ctx.subscribe(Stream::Events(sub));
+    Ok(Vec::new())
+}
+
+/// Whose events (or stats) a streaming call covers: see [`subscribe`].
+pub fn subscription(ctx: &Ctx<'_>) -> Subscription {
+    if ctx.dest_is_admin() {
         if ctx.src_is_admin() {
             Subscription::All
         } else {
@@ -17,7 +24,5 @@ pub fn subscribe(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
         }
     } else {
         Subscription::Qube(ctx.dest_name().to_string())
-    };
-    ctx.subscribe(sub);
-    Ok(Vec::new())
+    }
 }

@@ -34,6 +34,7 @@ pub mod vm_list;
 pub mod vm_notes;
 pub mod vm_remove;
 pub mod vm_state;
+pub mod vm_stats;
 pub mod vm_tag;
 pub mod vm_volume;
 pub mod vmclass;

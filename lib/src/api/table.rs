@@ -7,7 +7,7 @@
 use super::property::{OfQubes, OfVm};
 use super::{
     events, label, pool, property, vm_create, vm_feature, vm_lifecycle, vm_list, vm_notes,
-    vm_remove, vm_state, vm_tag, vm_volume, vmclass,
+    vm_remove, vm_state, vm_stats, vm_tag, vm_volume, vmclass,
 };
 use crate::error::ApiError;
 use crate::model::context::Ctx;
@@ -43,7 +43,7 @@ pub enum Access {
     Read,
     Write,
     Execute,
-    /// Read-only, and the reply is a stream (`admin.Events`): the handler accepts the
+    /// Read-only, and the reply is a stream (`admin.Events`, `admin.vm.Stats`): the handler accepts the
     /// subscription ([`Ctx::subscribe`]); the front end then serves it
     /// ([`crate::System::serve`]).
     Stream,
@@ -114,6 +114,7 @@ pub static METHODS: &[Method] = &[
     m("admin.vmclass.List",                           AdminVm,    Optional,  Forbidden, Global, Read,  vmclass::list),
     m("admin.vm.List",                                Any,        Forbidden, Forbidden, Global, Read,  vm_list::list),
     m("admin.Events",                                 Any,        Forbidden, Forbidden, Local,  Stream, events::subscribe),
+    m("admin.vm.Stats",                               Any,        Forbidden, Forbidden, Global, Stream, vm_stats::subscribe),
     m("admin.vm.CurrentState",                        Any,        Forbidden, Forbidden, Local,  Read,  vm_state::current_state),
     m("admin.vm.Create.AppVM",                        AdminVm,    Optional,  Optional,  Global, Write, vm_create::create),
     m("admin.vm.Create.DispVM",                       AdminVm,    Optional,  Optional,  Global, Write, vm_create::create),
@@ -377,7 +378,7 @@ mod tests {
                     || n.starts_with("admin.deviceclass.")
                     || n.starts_with("admin.vm.firewall.")
                     || n.starts_with("admin.backup.")
-                    || matches!(*n, "admin.vm.Stats" | "admin.vm.Console")
+                    || *n == "admin.vm.Console"
             })
             .collect();
         assert_eq!(missing, expected);

@@ -214,6 +214,21 @@ impl Follower {
     }
 }
 
+/// Waits up to `timeout` for the caller to hang up (then `true`): the pause of a stream that
+/// sends on its own schedule (`admin.vm.Stats`).
+pub fn hung_up_within(out: BorrowedFd<'_>, timeout: std::time::Duration) -> std::io::Result<bool> {
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(out, PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(_) | Err(nix::Error::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(fds
+        .first()
+        .and_then(PollFd::revents)
+        .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)))
+}
+
 /// Waits for a change in the log's directory or for the caller to hang up (then `true`).
 fn wait(inotify: &Inotify, out: BorrowedFd<'_>) -> Result<bool, EventLogError> {
     let err = |e: nix::Error| io(Path::new("<poll>"))(e.into());

@@ -8,6 +8,15 @@ use std::cell::OnceCell;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::events::{Event, Subscription};
+
+/// What a streaming call streams once accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stream {
+    /// `admin.Events`: the event log, filtered.
+    Events(Subscription),
+    /// `admin.vm.Stats`: `vm-stats` samples of the running qubes the subscription covers.
+    Stats(Subscription),
+}
 use crate::runtime::{Hypervisor, Runtime};
 use crate::store::{Document, DomId};
 
@@ -47,7 +56,7 @@ pub struct Ctx<'a> {
     events: Vec<Event>,
     undo: Vec<Box<dyn FnOnce()>>,
     after_commit: Vec<Box<dyn FnOnce()>>,
-    stream: Option<Subscription>,
+    stream: Option<Stream>,
 }
 
 /// What a finished handler leaves for its caller to do: the events to log, work to undo if the
@@ -57,7 +66,7 @@ pub struct Outcome {
     pub undo: Vec<Box<dyn FnOnce()>>,
     pub after_commit: Vec<Box<dyn FnOnce()>>,
     /// For a streaming method (`admin.Events`): what to stream once the call succeeded.
-    pub stream: Option<Subscription>,
+    pub stream: Option<Stream>,
 }
 
 impl Outcome {
@@ -154,9 +163,9 @@ impl<'a> Ctx<'a> {
         self.after_commit.push(Box::new(f));
     }
 
-    /// Makes this call a stream: after the (empty) handler result, the front end serves `sub`.
-    pub fn subscribe(&mut self, sub: Subscription) {
-        self.stream = Some(sub);
+    /// Makes this call a stream: after the (empty) handler result, the front end serves it.
+    pub fn subscribe(&mut self, stream: Stream) {
+        self.stream = Some(stream);
     }
 
     pub(crate) fn finish(self) -> Outcome {

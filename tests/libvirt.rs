@@ -123,15 +123,21 @@ impl Env {
     }
 
     /// One call in socket framing; `eventd` overrides the fallback executable.
-    fn call(&self, method: &str, dest: &str, eventd: Option<&str>) -> Vec<u8> {
-        let mut cmd = Command::new(CALL);
-        cmd.arg("--socket-request")
+    /// The call binary with this system's environment contract and nothing else.
+    fn command(&self) -> Command {
+        let mut c = Command::new(CALL);
+        c.env_clear()
             .env("QUBES_XML_PATH", self.tmp.path().join("qubes.xml"))
             .env("QUBES_BASE_DIR", self.tmp.path().join("varlib"))
             .env("QUBES_RUN_DIR", self.run_dir())
             .env("QUBES_LIBVIRT_URI", &self.uri)
-            .env_remove("QREXEC_SERVICE_FULL_NAME")
-            .env_remove("QUBES_ADMIN_EVENTD");
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        c
+    }
+
+    fn call(&self, method: &str, dest: &str, eventd: Option<&str>) -> Vec<u8> {
+        let mut cmd = self.command();
+        cmd.arg("--socket-request");
         if let Some(e) = eventd {
             cmd.env("QUBES_ADMIN_EVENTD", e);
         }
@@ -853,6 +859,10 @@ fn start_with_its_netvm_chain() {
         "0\0"
     );
     assert_eq!(call("admin.vm.property.Set+netvm", "a1", b"net1"), "0\0");
+    // Subscribers (admin.Events, exec-service mode) follow everything below as it happens.
+    let mut sub_all = support::Subscriber::spawn(env.command(), "dom0", "dom0");
+    let mut sub_a1 = support::Subscriber::spawn(env.command(), "dom0", "a1");
+    let sub_from = qubes_admin::events::append(&env.run_dir(), &[]).unwrap();
     let mut seen = 0;
     env.events_after(&mut seen);
     assert_eq!(call("admin.vm.Start+", "a1", b""), "0\0");
@@ -971,6 +981,32 @@ fn start_with_its_netvm_chain() {
     assert_eq!(marks(&env), 0);
     std::thread::sleep(Duration::from_millis(300));
     assert!(env.events_after(&mut seen).is_empty(), "nothing twice");
+    // The subscribers got exactly the logged frames: the start with its netvm chain, the no-op
+    // start, the kill, the refusals (nothing), the helper's pause and stop processing.
+    let logged: Vec<(String, Vec<u8>)> = qubes_admin::events::read_after(&env.run_dir(), sub_from)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| (e.subject.clone(), e.frame()))
+        .collect();
+    let want = |pick: &dyn Fn(&str) -> bool| -> Vec<Vec<u8>> {
+        std::iter::once(support::CONN.to_vec())
+            .chain(
+                logged
+                    .iter()
+                    .filter(|(s, _)| pick(s))
+                    .map(|(_, f)| f.clone()),
+            )
+            .collect()
+    };
+    let (all, a1) = (want(&|_| true), want(&|s| s == "a1"));
+    assert!(
+        a1.len() > 25 && all.len() > a1.len() + 10,
+        "{} {}",
+        a1.len(),
+        all.len()
+    );
+    assert_eq!(sub_all.wait_for(all.len()), all);
+    assert_eq!(sub_a1.wait_for(a1.len()), a1);
     env.stop_helper();
 }
 
@@ -985,24 +1021,14 @@ fn stats_stream() {
     std::fs::write(&xml, domain_xml("vm0000", VM0000)).unwrap();
     env.virsh(&["define", xml.to_str().unwrap()]);
     env.virsh(&["start", "vm0000"]);
-    let mut set = Command::new(CALL);
-    set.arg("--socket-request")
-        .env("QUBES_XML_PATH", env.tmp.path().join("qubes.xml"))
-        .env("QUBES_RUN_DIR", env.run_dir());
+    let mut set = env.command();
+    set.arg("--socket-request");
     let out = support::run(
         set,
         b"admin.property.Set+stats_interval dom0 name dom0\x001",
     );
     assert_eq!(out.stdout, b"0\0");
-    let cmd = || {
-        let mut c = Command::new(CALL);
-        c.env_clear()
-            .env("QUBES_XML_PATH", env.tmp.path().join("qubes.xml"))
-            .env("QUBES_BASE_DIR", env.tmp.path().join("varlib"))
-            .env("QUBES_RUN_DIR", env.run_dir())
-            .env("QUBES_LIBVIRT_URI", &env.uri);
-        c
-    };
+    let cmd = || env.command();
     // The test driver's domain: 400 MiB, 2 vCPUs; its CPU time moves on by itself.
     let want = |f: &[u8]| {
         let s = String::from_utf8_lossy(f).replace('\0', "|");

@@ -169,12 +169,7 @@ impl System {
         let mut qubes = Vec::new();
         for id in doc.domains() {
             let name = doc.name(id);
-            let covered = match sub {
-                events::Subscription::All => true,
-                events::Subscription::Qube(q) => q == name,
-                events::Subscription::Nothing => false,
-            };
-            let Some(uuid) = doc.uuid(id).filter(|_| covered) else {
+            let Some(uuid) = doc.uuid(id).filter(|_| sub.covers(name)) else {
                 continue;
             };
             let live = match rt.by_uuid(uuid).filter(|d| d.active) {

@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
-use crate::events::follow::{connection_established, hung_up_within};
+use crate::events::follow::{caller_gone, connection_established, hung_up_within};
 use crate::events::Event;
 use crate::model::context::{Ctx, Stream};
 use crate::runtime::DomainRuntime;
@@ -72,15 +72,11 @@ pub fn stream<W: Write + AsFd>(
     out: &mut W,
     mut sample: impl FnMut() -> Result<Sample, ApiError>,
 ) -> std::io::Result<()> {
-    let ended = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Ok(()),
-        _ => Err(e),
-    };
     if let Err(e) = out
         .write_all(&connection_established())
         .and_then(|()| out.flush())
     {
-        return ended(e);
+        return caller_gone(e);
     }
     let mut prev: HashMap<String, (u64, Instant)> = HashMap::new();
     loop {
@@ -90,7 +86,7 @@ pub fn stream<W: Write + AsFd>(
                 return out
                     .write_all(&crate::wire::frame_exception(&e))
                     .and_then(|()| out.flush())
-                    .or_else(ended);
+                    .or_else(caller_gone);
             }
         };
         let now = Instant::now();
@@ -98,12 +94,12 @@ pub fn stream<W: Write + AsFd>(
         for (name, d) in &s.qubes {
             let usage = cpu_usage(prev.get(name), (d.cpu_time_ns, now), d.vcpus);
             if let Err(e) = out.write_all(&frame(name, d, usage)) {
-                return ended(e);
+                return caller_gone(e);
             }
             next.insert(name.clone(), (d.cpu_time_ns, now));
         }
         if let Err(e) = out.flush() {
-            return ended(e);
+            return caller_gone(e);
         }
         prev = next;
         let secs = u64::try_from(s.interval).unwrap_or(0);

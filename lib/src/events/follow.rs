@@ -13,7 +13,7 @@ use std::path::Path;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use super::log::{log_dir, log_path, parse_records, Event, EventLogError};
+use super::log::{io, log_dir, log_path, parse_records, Event, EventLogError};
 
 /// VM events the reference never forwards to subscribers (core.md §9.1).
 fn never_forwarded(name: &str) -> bool {
@@ -44,9 +44,14 @@ impl Subscription {
         if !ev.subject.is_empty() && never_forwarded(&ev.name) {
             return false;
         }
+        self.covers(&ev.subject)
+    }
+
+    /// Whether what happens to `subject` (a qube's name; empty: the system) is covered.
+    pub fn covers(&self, subject: &str) -> bool {
         match self {
             Subscription::All => true,
-            Subscription::Qube(name) => ev.subject == *name,
+            Subscription::Qube(name) => subject == name,
             Subscription::Nothing => false,
         }
     }
@@ -57,10 +62,12 @@ pub fn connection_established() -> Vec<u8> {
     Event::new("", "connection-established", Vec::new()).frame()
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> EventLogError + '_ {
-    move |source| EventLogError::Io {
-        path: path.to_path_buf(),
-        source,
+/// A write to the caller failed: `Ok` when it has gone away (the stream simply ends), the
+/// error otherwise.
+pub fn caller_gone(e: std::io::Error) -> std::io::Result<()> {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Ok(()),
+        _ => Err(e),
     }
 }
 
@@ -182,10 +189,7 @@ impl Follower {
     /// (its end of `out` is closed); an error when the log cannot be read or `out` fails
     /// otherwise.
     pub fn run<W: Write + AsFd>(mut self, out: &mut W) -> Result<(), EventLogError> {
-        let gone = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Ok(()),
-            _ => Err(io(Path::new("<output>"))(e)),
-        };
+        let gone = |e| caller_gone(e).map_err(io(Path::new("<output>")));
         if let Err(e) = out
             .write_all(&connection_established())
             .and_then(|()| out.flush())

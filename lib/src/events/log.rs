@@ -122,7 +122,7 @@ fn last_seq_in(path: &Path) -> u64 {
     seq
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> EventLogError + '_ {
+pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> EventLogError + '_ {
     move |source| EventLogError::Io {
         path: path.to_path_buf(),
         source,

@@ -17,30 +17,17 @@
 
 mod support;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::qemu::QemuDom0;
+
 const CALL: &str = env!("CARGO_BIN_EXE_qubes-admin-call");
 const EVENTD: &str = env!("CARGO_BIN_EXE_qubes-admin-eventd");
-const NOBODY: u32 = 65534;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd} >/dev/null"))
-        .status()
-        .is_ok_and(|s| s.success())
-        || Path::new("/usr/sbin").join(cmd).exists()
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// A child process killed when the test ends (also when an assertion fails), so that no
@@ -54,53 +41,32 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The private libvirtd, stopped on drop (also when an assertion fails).
-struct Daemon(PathBuf);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("tests/support/libvirtd.sh"))
-            .arg("stop")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 struct Env {
+    dom0: QemuDom0,
     dir: PathBuf,
     uri: String,
-    _daemon: Daemon,
-    _tmp: tempfile::TempDir,
 }
 
 impl Env {
     fn command(&self) -> Command {
-        self.command_for(CALL)
-    }
-
-    /// `program` with the sandbox's environment, as the sandbox's user.
-    fn command_for(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env_clear()
-            .env("QUBES_XML_PATH", self.dir.join("qubes.xml"))
-            .env("QUBES_BASE_DIR", self.dir.join("varlib"))
-            .env("QUBES_RUN_DIR", self.dir.join("run"))
-            .env("QUBES_POLICY_DIR", self.dir.join("etc/policy.d"))
-            .env("QUBES_LIBVIRT_URI", &self.uri)
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-        if is_root() {
-            // (std clears the supplementary groups when root sets a uid)
-            c.uid(NOBODY).gid(NOBODY);
-        }
-        c
+        self.dom0.command(CALL)
     }
 
     /// One call in socket framing; the whole reply.
     fn call(&self, method: &str, dest: &str, payload: &str) -> String {
         let mut req = format!("{method} dom0 name {dest}\0").into_bytes();
         req.extend_from_slice(payload.as_bytes());
-        let out = qubes_admin_test_run(self.command().arg("--socket-request"), &req);
-        String::from_utf8(out).unwrap()
+        // No time limit (support::run has one): a Shutdown+wait of a guest on a loaded
+        // machine may take long.
+        let mut child = self
+            .command()
+            .arg("--socket-request")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &req).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
     }
 
     fn ok(&self, method: &str, dest: &str, payload: &str) -> String {
@@ -160,112 +126,24 @@ impl Env {
     }
 }
 
-fn qubes_admin_test_run(c: &mut Command, stdin: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap().stdout
-}
-
-fn chown_tree(p: &Path) {
-    if !is_root() {
-        return;
-    }
-    let st = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{NOBODY}:{NOBODY}"))
-        .arg(p)
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 fn setup() -> Option<Env> {
-    for (cmd, pkg) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("libvirtd", "libvirt-daemon"),
-        ("virsh", "libvirt-clients"),
-    ] {
-        if !have(cmd) {
-            eprintln!("SKIPPED: {cmd} not installed (Debian package {pkg})");
-            return None;
+    match support::qemu::setup(&repo(), CALL) {
+        Ok(dom0) => Some(Env {
+            dir: dom0.dir.clone(),
+            uri: dom0.uri.clone(),
+            dom0,
+        }),
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            None
         }
     }
-    let kernels = repo().join("target/guest-kernel");
-    let out = Command::new(repo().join("scripts/guest-kernel.sh"))
-        .arg(&kernels)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        eprintln!(
-            "SKIPPED: no guest kernel: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
-    }
-    let version = String::from_utf8(out.stdout).unwrap().trim().to_string();
-
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let lv_dir = tmp.path().join("libvirtd");
-    let out = Command::new(repo().join("tests/support/libvirtd.sh"))
-        .env("LIBVIRTD_DRIVER", "qemu")
-        .arg("start")
-        .arg(&lv_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "libvirtd.sh start: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let uri = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(uri.starts_with("qemu+unix:///session?socket="), "{uri}");
-    let daemon = Daemon(lv_dir);
-
-    let dir = tmp.path().join("dom0");
-    let out = Command::new(CALL)
-        .arg("sandbox")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kdir = dir.join("varlib/vm-kernels").join(&version);
-    std::fs::create_dir_all(&kdir).unwrap();
-    for f in ["vmlinuz", "initramfs"] {
-        std::fs::copy(kernels.join(&version).join(f), kdir.join(f)).unwrap();
-    }
-    chown_tree(&dir);
-    Some(Env {
-        dir,
-        uri,
-        _daemon: daemon,
-        _tmp: tmp,
-    })
 }
 
 #[test]
 fn a_real_qube_boots_pauses_shuts_down_and_is_killed() {
     let Some(env) = setup() else { return };
-    let version = std::fs::read_dir(env.dir.join("varlib/vm-kernels"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().into_string().unwrap())
-        .find(|v| v != qubes_admin::sandbox::KERNEL)
-        .unwrap();
+    let version = env.dom0.kernel.clone();
     env.ok("admin.property.Set+default_kernel", "dom0", &version);
     env.ok(
         "admin.vm.Create.TemplateVM",
@@ -363,7 +241,8 @@ fn a_real_qube_boots_pauses_shuts_down_and_is_killed() {
     // once by its QEMU process being killed. A subscriber sees the stop processing's events and
     // the private volume is committed each time.
     let _helper = KillOnDrop(
-        env.command_for(EVENTD)
+        env.dom0
+            .command(EVENTD)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

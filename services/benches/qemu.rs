@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,29 +17,22 @@ use qubes_admin::runtime::Op;
 
 const QUBES: usize = 10;
 const ROUNDS: usize = 3;
-const NOBODY: u32 = 65534;
+
+/// The sandbox set-up the boot test uses.
+#[path = "../../tests/support/qemu.rs"]
+mod qemu;
 
 struct Bench {
-    bin: PathBuf,
+    bin: String,
+    dom0: qemu::QemuDom0,
     dir: PathBuf,
     uri: String,
 }
 
 impl Bench {
-    fn command(&self, program: &Path) -> Command {
-        let mut c = Command::new(program);
-        c.env_clear()
-            .env("QUBES_XML_PATH", self.dir.join("qubes.xml"))
-            .env("QUBES_BASE_DIR", self.dir.join("varlib"))
-            .env("QUBES_RUN_DIR", self.dir.join("run"))
-            .env("QUBES_POLICY_DIR", self.dir.join("etc/policy.d"))
-            .env("QUBES_LIBVIRT_URI", &self.uri)
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("QUBES_ADMIN_TIMING", "1");
-        if nix::unistd::geteuid().is_root() {
-            // QEMU runs as the session daemon's user: the sandbox is that user's.
-            c.uid(NOBODY).gid(NOBODY);
-        }
+    fn command(&self, program: &str) -> Command {
+        let mut c = self.dom0.command(program);
+        c.env("QUBES_ADMIN_TIMING", "1");
         c
     }
 
@@ -89,7 +81,7 @@ impl Bench {
 
     fn floor(&self) -> Duration {
         let t = Instant::now();
-        self.command(Path::new("/bin/true")).status().unwrap();
+        self.command("/bin/true").status().unwrap();
         t.elapsed()
     }
 
@@ -125,25 +117,13 @@ impl Bench {
     }
 }
 
-/// Stops what the benchmark started, also when it panics.
-struct Teardown {
-    libvirtd: PathBuf,
-    work: PathBuf,
-    helper: Option<Child>,
-}
+/// A child process killed when the benchmark ends, also when it panics.
+struct KillOnDrop(Child);
 
-impl Drop for Teardown {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Some(mut h) = self.helper.take() {
-            let _ = h.kill();
-            let _ = h.wait();
-        }
-        // Destroys the guests still running, then stops the daemon.
-        let _ = Command::new(&self.libvirtd)
-            .arg("stop")
-            .arg(self.work.join("libvirtd"))
-            .status();
-        let _ = std::fs::remove_dir_all(&self.work);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -153,9 +133,10 @@ fn scratch_files(dir: &Path, name: &str, create: bool) {
         let p = dir.join("varlib/appvms").join(name).join(f);
         if create {
             std::fs::File::create(&p).unwrap();
-            if nix::unistd::geteuid().is_root() {
-                let id = Some(nix::unistd::Uid::from_raw(NOBODY));
-                nix::unistd::chown(&p, id, Some(nix::unistd::Gid::from_raw(NOBODY))).unwrap();
+            if qemu::is_root() {
+                let id = Some(nix::unistd::Uid::from_raw(qemu::NOBODY));
+                let gid = Some(nix::unistd::Gid::from_raw(qemu::NOBODY));
+                nix::unistd::chown(&p, id, gid).unwrap();
             }
         } else {
             let _ = std::fs::remove_file(&p);
@@ -187,37 +168,22 @@ fn main() {
     let bin = root.join("target/release/qubes-admin-call");
     let eventd = root.join("target/release/qubes-admin-eventd");
     assert!(bin.exists(), "build first: cargo build --release");
-    let kernels = root.join("target/guest-kernel");
-    let kver = run(Command::new(root.join("scripts/guest-kernel.sh")).arg(&kernels));
-
-    let work = std::env::temp_dir().join(format!("qubes-admin-qemu-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let libvirtd = root.join("tests/support/libvirtd.sh");
-    let mut teardown = Teardown {
-        libvirtd: libvirtd.clone(),
-        work: work.clone(),
-        helper: None,
+    let (bin, eventd) = (bin.display().to_string(), eventd.display().to_string());
+    let dom0 = match qemu::setup(&root, &bin) {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("bench qemu: cannot run here: {why}");
+            std::process::exit(1);
+        }
     };
-    let uri = run(Command::new(&libvirtd)
-        .env("LIBVIRTD_DRIVER", "qemu")
-        .arg("start")
-        .arg(work.join("libvirtd")));
-    let dir = work.join("dom0");
-    run(Command::new(&bin).arg("sandbox").arg(&dir).arg(&uri));
-    let kdir = dir.join("varlib/vm-kernels").join(&kver);
-    std::fs::create_dir_all(&kdir).unwrap();
-    for f in ["vmlinuz", "initramfs"] {
-        std::fs::copy(kernels.join(&kver).join(f), kdir.join(f)).unwrap();
-    }
-    if nix::unistd::geteuid().is_root() {
-        run(Command::new("chown")
-            .arg("-R")
-            .arg(format!("{NOBODY}:{NOBODY}"))
-            .arg(&dir));
-    }
-    let b = Bench { bin, dir, uri };
-    teardown.helper = Some(
+    let kver = dom0.kernel.clone();
+    let b = Bench {
+        dir: dom0.dir.clone(),
+        uri: dom0.uri.clone(),
+        dom0,
+        bin: bin.clone(),
+    };
+    let helper = KillOnDrop(
         b.command(&eventd)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -359,7 +325,8 @@ fn main() {
         scratch_files(&b.dir, n, false);
     }
     drop(conn);
-    drop(teardown);
+    drop(helper);
+    drop(b);
 
     let mut md = String::new();
     md.push_str(&format!(

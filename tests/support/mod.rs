@@ -15,6 +15,7 @@
 )]
 
 pub mod lvm;
+pub mod qemu;
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;

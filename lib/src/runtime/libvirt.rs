@@ -43,6 +43,8 @@ pub fn quiet_errors() {
 pub struct Conn {
     inner: Option<Connect>,
     uri: String,
+    /// Whether the driver offers KVM (asked once per connection: see [`Conn::define`]).
+    kvm: std::sync::OnceLock<bool>,
 }
 
 impl Conn {
@@ -51,6 +53,7 @@ impl Conn {
             .map(|c| Conn {
                 inner: Some(c),
                 uri: uri.to_string(),
+                kvm: std::sync::OnceLock::new(),
             })
             .map_err(|e| LibvirtError::Connect {
                 uri: uri.to_string(),
@@ -158,12 +161,18 @@ impl Conn {
     pub fn define(&self, xml: &str) -> Result<(), LibvirtError> {
         let conn = self.connect()?;
         let xml = match xml.strip_prefix(KVM_DOMAIN) {
-            Some(rest) if !offers_kvm(&conn.capabilities().map_err(call_err)?) => {
-                format!("<domain type='qemu'>{rest}")
-            }
+            Some(rest) if !self.offers_kvm()? => format!("<domain type='qemu'>{rest}"),
             _ => xml.to_string(),
         };
         conn.define_domain_xml(&xml).map(|_| ()).map_err(call_err)
+    }
+
+    fn offers_kvm(&self) -> Result<bool, LibvirtError> {
+        if let Some(k) = self.kvm.get() {
+            return Ok(*k);
+        }
+        let k = offers_kvm(&self.connect()?.capabilities().map_err(call_err)?);
+        Ok(*self.kvm.get_or_init(|| k))
     }
 
     /// Runs `op` on the domain with this UUID.

@@ -263,14 +263,14 @@ fn read_with_deadline(r: &mut (impl Read + AsFd), deadline: Instant) -> std::io:
 
 /// For operations, an `err` reply is libvirt refusing the operation, not an unreachable
 /// hypervisor.
-fn op_err(e: ProtoError) -> HvError {
+pub(super) fn op_err(e: ProtoError) -> HvError {
     match e {
         ProtoError::Remote(m) => HvError::Failed(m),
         other => HvError::Protocol(other.to_string()),
     }
 }
 
-fn proto_err(e: ProtoError) -> HvError {
+pub(super) fn proto_err(e: ProtoError) -> HvError {
     match e {
         ProtoError::Remote(m) => HvError::Unavailable(m),
         other => HvError::Protocol(other.to_string()),

@@ -23,11 +23,12 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::{umask, Mode};
 
-use super::client::{helper_dir, lock_path, socket_path};
+use super::client::{helper_dir, lock_path, op_err, proto_err, socket_path};
 use super::libvirt::{quiet_errors, Conn, LibvirtError};
 use super::proto::{self, Request, MAX_REQUEST_LINE};
 use super::{
     DomainEvent, DomainEventKind, DomainRuntime, HostInfo, HvError, Hypervisor, Op, Runtime,
+    STARTED_PREFIX,
 };
 use crate::ffi::libvirt::{deregister_lifecycle, register_lifecycle};
 
@@ -169,29 +170,22 @@ struct InProcess(Arc<Shared>);
 
 impl Hypervisor for InProcess {
     fn runtime(&self) -> Result<Runtime, HvError> {
-        proto::decode_list(&self.0.answer(&Request::List))
-            .map_err(|e| HvError::Unavailable(e.to_string()))
+        proto::decode_list(&self.0.answer(&Request::List)).map_err(proto_err)
     }
 
     fn domain(&self, uuid: &str) -> Result<Option<DomainRuntime>, HvError> {
         proto::decode_info(&self.0.answer(&Request::Info(uuid.to_ascii_lowercase())))
-            .map_err(|e| HvError::Unavailable(e.to_string()))
+            .map_err(proto_err)
     }
 
     fn define(&self, xml: &str) -> Result<(), HvError> {
-        done(&self.0.answer(&Request::Define(xml.to_string())))
+        proto::decode_done(&self.0.answer(&Request::Define(xml.to_string()))).map_err(op_err)
     }
 
     fn op(&self, uuid: &str, op: Op) -> Result<(), HvError> {
-        done(&self.0.answer(&Request::Op(op, uuid.to_ascii_lowercase())))
+        let reply = self.0.answer(&Request::Op(op, uuid.to_ascii_lowercase()));
+        proto::decode_done(&reply).map_err(op_err)
     }
-}
-
-fn done(reply: &str) -> Result<(), HvError> {
-    proto::decode_done(reply).map_err(|e| match e {
-        proto::ProtoError::Remote(m) => HvError::Failed(m),
-        other => HvError::Protocol(other.to_string()),
-    })
 }
 
 /// The libvirt lifecycle events the library reacts to.
@@ -215,7 +209,7 @@ fn reconcile(run_dir: &Path, shared: &Shared, reactions: &mpsc::Sender<DomainEve
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(uuid) = name.to_str().and_then(|n| n.strip_prefix("started-")) else {
+        let Some(uuid) = name.to_str().and_then(|n| n.strip_prefix(STARTED_PREFIX)) else {
             continue;
         };
         if !cache.domains.get(uuid).is_some_and(|d| d.active) {

@@ -33,12 +33,15 @@ pub enum DomainEventKind {
     Suspended,
 }
 
+/// The file-name prefix of [`started_mark`]s (the helper's reconciliation lists them).
+pub const STARTED_PREFIX: &str = "started-";
+
 /// `<run_dir>/qubes-admin/started-<uuid>`: exists from a successful Start until the qube's stop
 /// processing ran. Whoever stops the qube (Kill, Shutdown+wait, the helper for a qube that
 /// stopped by itself) runs the stop processing once, under the qube's lock, if the mark is
 /// there; the helper's reconciliation finds qubes that stopped while it was down.
 pub fn started_mark(run_dir: &std::path::Path, uuid: &str) -> std::path::PathBuf {
-    client::helper_dir(run_dir).join(format!("started-{}", uuid.to_ascii_lowercase()))
+    client::helper_dir(run_dir).join(format!("{STARTED_PREFIX}{}", uuid.to_ascii_lowercase()))
 }
 
 /// libvirt's `virDomainState`.

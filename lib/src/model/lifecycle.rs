@@ -64,7 +64,7 @@ pub fn on_domain_event(
     let dom = live_domain(ctx, id)?;
     match kind {
         DomainEventKind::Stopped if !is_active(dom.as_ref()) => stop_processing(ctx, id),
-        DomainEventKind::Suspended if dom.is_some_and(|d| d.state == DomState::Paused) => {
+        DomainEventKind::Suspended if is_paused(dom.as_ref()) => {
             let name = ctx.doc().name(id).to_string();
             ctx.emit(&name, "domain-paused", &[]);
             Ok(())

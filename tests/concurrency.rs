@@ -1640,6 +1640,7 @@ fn in_process_reader_sees_every_external_write() {
         run_dir: sys.sb.run_dir(),
         policy_dir: sys.sb.policy_dir(),
         lock_timeout: Duration::from_secs(10),
+        dom0: qubes_admin::config::Dom0Config::for_uri(&sys.sb.libvirt_uri()),
     });
     let mut get = || {
         local.call(&RawRequest {

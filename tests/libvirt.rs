@@ -666,6 +666,14 @@ fn shutdown() {
         "2\0QubesVMInUseError\0\0There are other VMs connected to this VM: vm0000, vm0001\0"
     );
     assert_eq!(state(&env, "sys-firewall"), "running");
+    // A refusal after the pre-event fires `domain-shutdown-failed` with its reason.
+    assert_eq!(
+        events(),
+        [
+            "sys-firewall|domain-pre-shutdown|force=False",
+            "sys-firewall|domain-shutdown-failed|reason=There are other VMs connected to this VM: vm0000, vm0001",
+        ]
+    );
     assert_eq!(call("admin.vm.Shutdown+wait", "vm0000"), "0\0");
     assert_eq!(state(&env, "vm0000"), "shut off");
     assert_eq!(
@@ -688,7 +696,14 @@ fn shutdown() {
         call("admin.vm.Shutdown", "vm0001"),
         "2\0QubesVMNotRunningError\0\0Domain not running (either powered off or paused): 'vm0001'\0"
     );
-    assert!(events().is_empty(), "failed calls log nothing");
+    assert_eq!(
+        events(),
+        [
+            "vm0001|domain-pre-shutdown|force=False",
+            "vm0001|domain-shutdown-failed|reason=Domain not running (either powered off or paused): 'vm0001'",
+        ],
+        "the powered-off refusal fires nothing"
+    );
     assert_eq!(call("admin.vm.Shutdown+wait+force", "vm0001"), "0\0");
     assert_eq!(state(&env, "vm0001"), "shut off");
     assert_eq!(events()[0], "vm0001|domain-pre-shutdown|force=True");
@@ -874,6 +889,7 @@ fn start_with_its_netvm_chain() {
             "property-reset:stubdom_xid|name=stubdom_xid",
             "property-reset:start_time|name=start_time",
             "domain-spawn|start_guid=True",
+            "domain-qdb-create|",
             "domain-pre-unpaused|",
             "domain-unpaused|",
             "domain-start|start_guid=True",
@@ -896,6 +912,78 @@ fn start_with_its_netvm_chain() {
     };
     assert_eq!(running("a1"), "running");
     assert_eq!(running("net1"), "running");
+    // The QubesDB entries each got (no QubesDB here: the sandbox keeps them in a file).
+    let prop = |vm: &str, p: &str| {
+        let r = call(&format!("admin.vm.property.Get+{p}"), vm, b"");
+        r.rsplit_once(' ')
+            .unwrap()
+            .1
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    let qdb = |vm: &str| {
+        let path = env.run_dir().join("qubes-admin/qubesdb").join(vm);
+        qubes_admin::runtime::dom0::sandbox_entries(&std::fs::read_to_string(path).unwrap())
+    };
+    let (ip, gw) = (prop("a1", "ip"), prop("net1", "gateway"));
+    assert!(
+        ip.starts_with("10.137.0.") && gw.starts_with("10.137.0."),
+        "{ip} {gw}"
+    );
+    let mut a1_db = qdb("a1");
+    let seed = a1_db.remove("/qubes-random-seed").unwrap();
+    assert_eq!(seed.len(), 88, "64 bytes, base64: {seed}");
+    let tz = a1_db.remove("/qubes-timezone");
+    assert_eq!(
+        tz,
+        std::fs::read_link("/etc/localtime")
+            .ok()
+            .and_then(|t| Some(t.to_str()?.split_once("zoneinfo/")?.1.to_string()))
+    );
+    let want_a1: std::collections::BTreeMap<String, String> = [
+        ("/name", "a1"),
+        ("/type", "AppVM"),
+        ("/default-user", "user"),
+        ("/qubes-vm-type", "AppVM"),
+        ("/qubes-vm-updateable", "False"),
+        ("/qubes-vm-persistence", "rw-only"),
+        ("/qubes-debug-mode", "0"),
+        ("/qubes-base-template", "t1"),
+        ("/qubes-mac", &prop("a1", "mac")),
+        ("/qubes-ip", &ip),
+        ("/qubes-netmask", "255.255.255.255"),
+        ("/qubes-gateway", &gw),
+        ("/qubes-primary-dns", "10.139.1.1"),
+        ("/qubes-secondary-dns", "10.139.1.2"),
+        ("/qubes-block-devices", ""),
+        ("/qubes-usb-devices", ""),
+        // No memory balancing without Xen: maxmem is 0.
+        ("/qubes-service/meminfo-writer", "0"),
+        ("/qubes-gui-domain-xid", "0"),
+        ("/qubes-audio-domain-xid", "0"),
+        ("/keyboard-layout", "us++"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(a1_db, want_a1);
+    let net1_db = qdb("net1");
+    for (k, v) in [
+        ("/name", "net1"),
+        ("/qubes-netvm-network", gw.as_str()),
+        ("/qubes-netvm-gateway", &gw),
+        ("/qubes-netvm-netmask", "255.255.255.255"),
+        ("/qubes-netvm-primary-dns", "10.139.1.1"),
+        ("/qubes-netvm-secondary-dns", "10.139.1.2"),
+        (&format!("/mapped-ip/{ip}/visible-ip"), &ip),
+        (&format!("/mapped-ip/{ip}/visible-gateway"), &gw),
+        (&format!("/qubes-firewall/{ip}"), ""),
+        (&format!("/qubes-firewall/{ip}/policy"), "drop"),
+        (&format!("/qubes-firewall/{ip}/0000"), "action=accept"),
+    ] {
+        assert_eq!(net1_db.get(k).map(String::as_str), Some(v), "net1 {k}");
+    }
+    assert!(!net1_db.contains_key("/qubes-ip"), "net1 has no netvm");
     let a1 = varlib.join("appvms/a1");
     for f in [
         "private-dirty.img",
@@ -968,11 +1056,38 @@ fn start_with_its_netvm_chain() {
         call("admin.vm.feature.Set+prohibit-start", "a1", b"broken"),
         "0\0"
     );
+    env.events_after(&mut seen);
     assert_eq!(
         call("admin.vm.Start+", "a1", b""),
         "2\0QubesException\0\0Qube start is prohibited. Rationale: broken\0"
     );
+    assert_eq!(
+        env.events_after(&mut seen),
+        ["a1|domain-start-failed|reason=Qube start is prohibited. Rationale: broken"]
+    );
+    assert_eq!(
+        call("admin.vm.feature.Remove+prohibit-start", "a1", b""),
+        "0\0"
+    );
     env.events_after(&mut seen);
+    // Firewall rules this build cannot apply: refused before anything starts.
+    std::fs::write(a1.join("firewall.xml"), "<firewall version=\"2\"/>").unwrap();
+    let r = call("admin.vm.Start+", "a1", b"");
+    let why = format!(
+        "{} holds firewall rules, which this build cannot apply yet; the qube was not started",
+        a1.join("firewall.xml").display()
+    );
+    assert_eq!(r, format!("2\0QubesException\0\0{why}\0"));
+    assert_eq!(
+        env.events_after(&mut seen),
+        [
+            "a1|domain-pre-start|start_guid=True,mem_required=None".to_string(),
+            format!("a1|domain-start-failed|reason={why}")
+        ]
+    );
+    assert_eq!(running("a1"), "shut off");
+    assert!(!a1.join("root-dirty.img").exists());
+    std::fs::remove_file(a1.join("firewall.xml")).unwrap();
     // Stopped while the helper was down: found when it starts again.
     env.stop_helper();
     env.virsh(&["destroy", "net1"]);
@@ -1074,5 +1189,259 @@ fn stats_stream() {
     drop(one);
     drop(all);
     env.virsh(&["destroy", "vm0000"]);
+    env.stop_helper();
+}
+
+/// A fake qmemman: answers each request with `reply` and records, per connection, the request
+/// and whether the client closed it.
+fn fake_qmemman(
+    path: &Path,
+    reply: std::sync::Arc<std::sync::Mutex<&'static str>>,
+) -> mpsc::Receiver<String> {
+    use std::io::Read;
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while conn.read(&mut b).unwrap_or(0) == 1 {
+                line.push(b[0]);
+                if b[0] == b'\n' {
+                    break;
+                }
+            }
+            let r = *reply.lock().unwrap();
+            conn.write_all(r.as_bytes()).unwrap();
+            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+            // The grant lasts until the client closes the connection.
+            let _ = conn.read(&mut b);
+            let _ = tx.send("closed".to_string());
+        }
+    });
+    rx
+}
+
+/// A fake `qubesdb-daemon` socket: decodes each request (header, data), answers OK, and
+/// sends `(type, path, value)` on.
+fn fake_qubesdb(path: &Path) -> mpsc::Receiver<(u32, String, String)> {
+    use qubes_admin::runtime::dom0::{qdb_header, qdb_parse_header, QDB_HDR_LEN, QDB_RESP_OK};
+    use std::io::Read;
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut hdr = [0u8; QDB_HDR_LEN];
+            while conn.read_exact(&mut hdr).is_ok() {
+                let (ty, path, len) = qdb_parse_header(&hdr);
+                let mut data = vec![0u8; len as usize];
+                conn.read_exact(&mut data).unwrap();
+                conn.write_all(&qdb_header(QDB_RESP_OK, &path, 0).unwrap())
+                    .unwrap();
+                let _ = tx.send((ty, path, String::from_utf8(data).unwrap()));
+            }
+        }
+    });
+    rx
+}
+
+/// A Start with the real dom0 services (`QUBES_DOM0_SERVICES=xen`) against fake servers and
+/// daemons: the exact request to qmemman (held until the domain exists), xenstore's
+/// permission, `qubesdb-daemon`'s arguments and every QubesDB request on its socket,
+/// `qrexec-daemon`'s arguments and environment; then the failures: qmemman refusing (nothing
+/// starts) and the qrexec agent not connecting in time (the domain destroyed, the storage
+/// stopped), each with `domain-start-failed`.
+#[test]
+fn dom0_services_against_fake_servers() {
+    let Some(mut env) = setup() else { return };
+    env.start_helper();
+    let tmp = env.tmp.path().to_path_buf();
+    let varlib = tmp.join("varlib");
+    let kernel = varlib.join("vm-kernels/6.6.0-test");
+    std::fs::create_dir_all(&kernel).unwrap();
+    std::fs::write(kernel.join("vmlinuz"), b"").unwrap();
+    // The daemons: each records its arguments (and qrexec-daemon its start-up variables).
+    let bin = tmp.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let record = |name: &str, extra: &str, tail: &str| {
+        let p = bin.join(name);
+        let log = tmp.join(format!("{name}.log"));
+        let script = format!("#!/bin/sh\necho \"$*{extra}\" >> {}\n{tail}", log.display());
+        std::fs::write(&p, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    record("qubesdb-daemon", "", "");
+    record("xenstore-chmod", "", "");
+    let exit = tmp.join("qrexec.exit");
+    record(
+        "qrexec-daemon",
+        " timeout=${QREXEC_STARTUP_TIMEOUT-unset} nowait=${QREXEC_STARTUP_NOWAIT-unset}",
+        &format!("exit $(cat {} 2>/dev/null || echo 0)\n", exit.display()),
+    );
+    let log =
+        |name: &str| std::fs::read_to_string(tmp.join(format!("{name}.log"))).unwrap_or_default();
+    let reply = std::sync::Arc::new(std::sync::Mutex::new("OK\n"));
+    let qmemman = fake_qmemman(&env.run_dir().join("qmemman.sock"), reply.clone());
+    let qdb = fake_qubesdb(&env.run_dir().join("qubesdb.a1.sock"));
+    let call = |m: &str, dest: &str, payload: &[u8]| -> String {
+        let mut cmd = env.command();
+        cmd.arg("--socket-request")
+            .env("QUBES_DOM0_SERVICES", "xen")
+            .env("QUBES_QUBESDB_DAEMON", bin.join("qubesdb-daemon"))
+            .env("QUBES_QREXEC_DAEMON", bin.join("qrexec-daemon"))
+            .env("QUBES_XENSTORE_CHMOD", bin.join("xenstore-chmod"));
+        let mut req = format!("{m} dom0 name {dest}\0").into_bytes();
+        req.extend_from_slice(payload);
+        String::from_utf8(support::run(cmd, &req).stdout).unwrap()
+    };
+    for (m, dest, p) in [
+        (
+            "admin.vm.Create.TemplateVM+",
+            "dom0",
+            &b"name=t1 label=black"[..],
+        ),
+        ("admin.vm.Create.AppVM+t1", "dom0", b"name=a1 label=green"),
+        ("admin.vm.property.Set+netvm", "a1", b""),
+        ("admin.vm.feature.Set+service.crond", "a1", b"1"),
+        ("admin.vm.feature.Set+service.cups", "a1", b""),
+    ] {
+        assert_eq!(call(m, dest, p), "0\0", "{m}");
+    }
+    let mut seen = 0;
+    env.events_after(&mut seen);
+
+    assert_eq!(call("admin.vm.Start+", "a1", b""), "0\0");
+    let xid = {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &env.uri, "domid", "a1"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // 400 MiB of memory, 4 MiB of Xen overhead, 1.5 MiB for each of the 2 vCPUs.
+    assert_eq!(
+        qmemman.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "426770432\n"
+    );
+    assert_eq!(
+        qmemman.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "closed"
+    );
+    assert_eq!(
+        log("xenstore-chmod"),
+        format!("/local/domain/{xid}/memory n{xid}\n")
+    );
+    assert_eq!(log("qubesdb-daemon"), format!("{xid} a1\n"));
+    assert_eq!(
+        log("qrexec-daemon"),
+        format!("-q {xid} a1 user timeout=unset nowait=1\n")
+    );
+    let got: Vec<(u32, String, String)> = qdb.try_iter().collect();
+    let (seed, got): (Vec<_>, Vec<_>) = got
+        .into_iter()
+        .partition(|(_, p, _)| p == "/qubes-random-seed");
+    assert_eq!(seed.len(), 1);
+    assert_eq!(seed[0].2.len(), 88);
+    let got: Vec<(u32, String, String)> = got
+        .into_iter()
+        .filter(|(_, p, _)| p != "/qubes-timezone")
+        .collect();
+    let want: Vec<(u32, String, String)> = [
+        ("/name", "a1"),
+        ("/type", "AppVM"),
+        ("/default-user", "user"),
+        ("/qubes-vm-type", "AppVM"),
+        ("/qubes-vm-updateable", "False"),
+        ("/qubes-vm-persistence", "rw-only"),
+        ("/qubes-debug-mode", "0"),
+        ("/qubes-base-template", "t1"),
+        ("/qubes-block-devices", ""),
+        ("/qubes-usb-devices", ""),
+        ("/qubes-service/crond", "1"),
+        ("/qubes-service/cups", "0"),
+        ("/qubes-service/meminfo-writer", "0"),
+        ("/qubes-gui-domain-xid", "0"),
+        ("/qubes-audio-domain-xid", "0"),
+        ("/keyboard-layout", "us++"),
+    ]
+    .iter()
+    .map(|(p, v)| (1, p.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    let evs = env.events_after(&mut seen);
+    assert_eq!(
+        evs.first().map(String::as_str),
+        Some("a1|domain-pre-start|start_guid=True,mem_required=None")
+    );
+    assert_eq!(
+        evs.last().map(String::as_str),
+        Some("a1|domain-start|start_guid=True")
+    );
+    assert!(evs.contains(&"a1|domain-qdb-create|".to_string()));
+    assert_eq!(call("admin.vm.Kill+", "a1", b""), "0\0");
+    env.events_after(&mut seen);
+
+    // qmemman cannot free the memory: nothing starts.
+    *reply.lock().unwrap() = "FAIL\n";
+    assert_eq!(
+        call("admin.vm.Start+", "a1", b""),
+        "2\0QubesMemoryError\0\0Not enough memory to start domain 'a1'\0"
+    );
+    assert_eq!(
+        env.events_after(&mut seen),
+        [
+            "a1|domain-pre-start|start_guid=True,mem_required=None",
+            "a1|domain-start-failed|reason=Not enough memory to start domain 'a1'",
+        ]
+    );
+    assert!(!varlib.join("appvms/a1/root-dirty.img").exists());
+    *reply.lock().unwrap() = "OK\n";
+
+    // With the `qrexec` feature the daemon waits `qrexec_timeout` s for the agent; its exit
+    // status 3 (no agent) fails the Start after the domain ran: destroyed, storage stopped.
+    assert_eq!(call("admin.vm.feature.Set+qrexec", "a1", b"1"), "0\0");
+    assert_eq!(
+        call("admin.vm.property.Set+qrexec_timeout", "a1", b"7"),
+        "0\0"
+    );
+    std::fs::write(&exit, "3").unwrap();
+    std::fs::remove_file(tmp.join("qrexec-daemon.log")).unwrap();
+    env.events_after(&mut seen);
+    let why = "Cannot connect to qrexec agent for 7 seconds, see /var/log/xen/console/guest-a1.log for details";
+    assert_eq!(
+        call("admin.vm.Start+", "a1", b""),
+        format!("2\0QubesVMError\0\0{why}\0")
+    );
+    assert!(
+        log("qrexec-daemon").ends_with(" a1 user timeout=7 nowait=unset\n"),
+        "{}",
+        log("qrexec-daemon")
+    );
+    let evs = env.events_after(&mut seen);
+    assert_eq!(
+        evs.last().unwrap(),
+        &format!("a1|domain-start-failed|reason={why}")
+    );
+    assert!(evs.contains(&"a1|domain-unpaused|".to_string()), "{evs:?}");
+    assert!(!evs.iter().any(|e| e.contains("|domain-start|")), "{evs:?}");
+    let state = Command::new("virsh")
+        .args(["-q", "-c", &env.uri, "domstate", "a1"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "shut off");
+    assert!(!varlib.join("appvms/a1/root-dirty.img").exists());
+    assert!(!env
+        .run_dir()
+        .join("volume-running-varlibqubes:appvms-a1-root")
+        .exists());
+    // Any other failure: its stderr.
+    std::fs::write(&exit, "1").unwrap();
+    assert_eq!(
+        call("admin.vm.Start+", "a1", b""),
+        "2\0QubesVMError\0\0qrexec-daemon startup failed: \0"
+    );
     env.stop_helper();
 }

@@ -177,6 +177,7 @@ fn a_real_qube_boots_pauses_shuts_down_and_is_killed() {
             "property-reset:stubdom_xid",
             "property-reset:start_time",
             "domain-spawn",
+            "domain-qdb-create",
             "domain-pre-unpaused",
             "domain-unpaused",
             "domain-start"
@@ -269,7 +270,7 @@ fn a_real_qube_boots_pauses_shuts_down_and_is_killed() {
     let mut frames = 1;
     for how in ["shutdown", "kill"] {
         assert_eq!(env.call("admin.vm.Start", "boot", ""), "0\0");
-        frames += 9; // the Start's events
+        frames += 10; // the Start's events
         env.wait_console("boot", "qubes-admin-rs guest up");
         assert!(private.join("private-dirty.img").exists());
         if how == "shutdown" {

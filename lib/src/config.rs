@@ -23,6 +23,48 @@ pub struct Config {
     /// How long a writer waits for the qubes.xml lock before answering "busy"
     /// (`QUBES_LOCK_TIMEOUT_MS`, default 10 s).
     pub lock_timeout: Duration,
+    /// The dom0 services a started qube needs (qmemman, QubesDB, qrexec).
+    pub dom0: Dom0Config,
+}
+
+/// Whether `uri` names libvirt's Xen driver (`xen:///`, `xen+ssh://…`).
+pub fn is_xen_uri(uri: &str) -> bool {
+    uri.starts_with("xen")
+}
+
+/// Which implementation of the dom0 services a Start uses (`QUBES_DOM0_SERVICES`: `xen` or
+/// `sandbox`; by default `xen` for a Xen libvirt URI, `sandbox` otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dom0Kind {
+    Xen,
+    Sandbox,
+}
+
+/// Where the real dom0 services live. Their sockets are in the run directory, as on a dom0
+/// (`/run/qubes/qmemman.sock`, `/run/qubes/qubesdb.<name>.sock`); the daemons' paths can be
+/// changed (`QUBES_QUBESDB_DAEMON`, `QUBES_QREXEC_DAEMON`, `QUBES_XENSTORE_CHMOD`), for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dom0Config {
+    pub kind: Dom0Kind,
+    pub qubesdb_daemon: PathBuf,
+    pub qrexec_daemon: PathBuf,
+    pub xenstore_chmod: PathBuf,
+}
+
+impl Dom0Config {
+    /// The defaults for a libvirt URI.
+    pub fn for_uri(uri: &str) -> Self {
+        Dom0Config {
+            kind: if is_xen_uri(uri) {
+                Dom0Kind::Xen
+            } else {
+                Dom0Kind::Sandbox
+            },
+            qubesdb_daemon: PathBuf::from("/usr/sbin/qubesdb-daemon"),
+            qrexec_daemon: PathBuf::from("/usr/sbin/qrexec-daemon"),
+            xenstore_chmod: PathBuf::from("/usr/bin/xenstore-chmod"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -34,6 +76,7 @@ impl Default for Config {
             run_dir: PathBuf::from("/run/qubes"),
             policy_dir: PathBuf::from("/etc/qubes/policy.d"),
             lock_timeout: Duration::from_secs(10),
+            dom0: Dom0Config::for_uri("xen:///"),
         }
     }
 }
@@ -67,6 +110,24 @@ impl Config {
             .and_then(|v| v.to_str().and_then(|s| s.parse::<u64>().ok()))
         {
             c.lock_timeout = Duration::from_millis(ms);
+        }
+        c.dom0 = Dom0Config::for_uri(&c.libvirt_uri);
+        match nonempty("QUBES_DOM0_SERVICES")
+            .as_deref()
+            .and_then(|v| v.to_str())
+        {
+            Some("xen") => c.dom0.kind = Dom0Kind::Xen,
+            Some("sandbox") => c.dom0.kind = Dom0Kind::Sandbox,
+            _ => {}
+        }
+        for (var, field) in [
+            ("QUBES_QUBESDB_DAEMON", &mut c.dom0.qubesdb_daemon),
+            ("QUBES_QREXEC_DAEMON", &mut c.dom0.qrexec_daemon),
+            ("QUBES_XENSTORE_CHMOD", &mut c.dom0.xenstore_chmod),
+        ] {
+            if let Some(v) = nonempty(var) {
+                *field = v.into();
+            }
         }
         c
     }

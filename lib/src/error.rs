@@ -23,6 +23,7 @@ pub enum ExcType {
     QubesVMNotPausedError,
     QubesVMNotHaltedError,
     QubesVMShutdownTimeoutError,
+    QubesMemoryError,
     QubesNoTemplateError,
     QubesValueError,
     QubesPropertyValueError,
@@ -57,6 +58,7 @@ impl ExcType {
             QubesVMNotPausedError => "QubesVMNotPausedError",
             QubesVMNotHaltedError => "QubesVMNotHaltedError",
             QubesVMShutdownTimeoutError => "QubesVMShutdownTimeoutError",
+            QubesMemoryError => "QubesMemoryError",
             QubesNoTemplateError => "QubesNoTemplateError",
             QubesValueError => "QubesValueError",
             QubesPropertyValueError => "QubesPropertyValueError",
@@ -152,6 +154,18 @@ impl From<crate::storage::StorageError> for ApiError {
             StorageError::Pool(_) => ExcType::StoragePoolException,
             StorageError::Io { .. } => ExcType::QubesException,
             StorageError::Unsupported { .. } => ExcType::QubesNotImplementedError,
+        };
+        ApiError::new(ty, e.to_string())
+    }
+}
+
+impl From<crate::runtime::dom0::ServiceError> for ApiError {
+    fn from(e: crate::runtime::dom0::ServiceError) -> Self {
+        use crate::runtime::dom0::ServiceError;
+        let ty = match e {
+            ServiceError::NoMemory(_) => ExcType::QubesMemoryError,
+            ServiceError::QrexecTimeout { .. } | ServiceError::Qrexec(_) => ExcType::QubesVMError,
+            _ => ExcType::QubesException,
         };
         ApiError::new(ty, e.to_string())
     }

@@ -285,7 +285,8 @@ impl System {
 
     /// Read-only calls, and calls that act on the hypervisor without saving qubes.xml
     /// (Execute): a shared view of the current file, no qubes.xml lock. Their events (Execute
-    /// calls fire some) go to the log when the handler succeeds.
+    /// calls fire some) go to the log, also when the handler fails (nothing is undone in
+    /// qubes.xml for them: what they fired happened).
     fn execute_read(
         &mut self,
         raw: &RawRequest,
@@ -300,11 +301,20 @@ impl System {
             self.hv.as_ref(),
         );
         let body = handler(&mut ctx);
-        let outcome = ctx.finish();
+        let mut outcome = ctx.finish();
         let body = match body {
             Ok(b) => b,
             Err(e) => {
+                // Nothing was saved, but what the call fired did happen (a Start that failed
+                // after `domain-pre-start`, a vetoed Shutdown): subscribers see it, ending
+                // with the failure event the handler added, as the reference's do.
+                let events = std::mem::take(&mut outcome.events);
                 outcome.abort();
+                if !events.is_empty() {
+                    if let Err(le) = events::append(&self.config.run_dir, &events) {
+                        eprintln!("qubes-admin: the failed call's events were not logged: {le}");
+                    }
+                }
                 return Err(e);
             }
         };

@@ -1,8 +1,8 @@
 //! admin.vm.Start, Pause, Unpause, Kill and Shutdown (`core.md` §3.11, §10) through libvirt. These
 //! calls run on a read-only view of qubes.xml (they do not save it) under the qube's operation
-//! lock, so a long libvirt operation never holds the qubes.xml lock. (Suspend, Resume and the
-//! dom0 services a started qube needs: the rest of the lifecycle issue.) A failed call logs no events (the reference also fires
-//! `domain-shutdown-failed`; see the README's deviations).
+//! lock, so a long libvirt operation never holds the qubes.xml lock. Start also uses the dom0
+//! services (qmemman, QubesDB, qrexec: `runtime::dom0`). What a failing call fired is logged,
+//! ending with its failure event (`domain-start-failed`, `domain-shutdown-failed`).
 
 use crate::error::{ApiError, ExcType};
 use crate::model::context::Ctx;
@@ -12,7 +12,9 @@ use crate::model::lifecycle::{
 };
 use crate::model::power_state::{vm_power_state, vm_uuid, PowerState};
 use crate::model::props::{defaults, value::Val};
+use crate::model::qubesdb;
 use crate::model::volumes;
+use crate::runtime::dom0;
 use crate::runtime::domain_xml::Flavour;
 use crate::runtime::Op;
 use crate::store::DomId;
@@ -142,8 +144,23 @@ pub fn shutdown(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     if !is_active(dom.as_ref()) {
         return Err(powered_off(&name));
     }
+    // Any failure from here on (a veto included) fires `domain-shutdown-failed` first.
+    shutdown_running(ctx, id, &name, dom.as_ref(), force, wait).inspect_err(|e| {
+        ctx.emit(&name, "domain-shutdown-failed", &[("reason", &e.msg)]);
+    })?;
+    Ok(Vec::new())
+}
+
+fn shutdown_running(
+    ctx: &mut Ctx<'_>,
+    id: DomId,
+    name: &str,
+    dom: Option<&crate::runtime::DomainRuntime>,
+    force: bool,
+    wait: bool,
+) -> Result<(), ApiError> {
     let flag = if force { "True" } else { "False" };
-    ctx.emit(&name, "domain-pre-shutdown", &[("force", flag)]);
+    ctx.emit(name, "domain-pre-shutdown", &[("force", flag)]);
     if !force {
         let net = running_users(ctx, id, "netvm")?;
         if !net.is_empty() {
@@ -168,9 +185,9 @@ pub fn shutdown(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
             }
         }
     }
-    let paused = is_paused(dom.as_ref());
+    let paused = is_paused(dom);
     if paused && !force {
-        return Err(not_running(&name));
+        return Err(not_running(name));
     }
     let uuid = vm_uuid(ctx, id)?;
     let op = if paused { Op::Destroy } else { Op::Shutdown };
@@ -190,14 +207,14 @@ pub fn shutdown(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
             if std::time::Instant::now() >= deadline {
                 return Err(ApiError::new(
                     ExcType::QubesVMShutdownTimeoutError,
-                    format!("Domain shutdown timed out: {}", repr(&name)),
+                    format!("Domain shutdown timed out: {}", repr(name)),
                 ));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         stop_processing(ctx, id)?;
     }
-    Ok(Vec::new())
+    Ok(())
 }
 
 /// `admin.vm.Start`: a no-op unless the qube is halted; otherwise its netvm chain first, then
@@ -239,11 +256,10 @@ fn start_qube(ctx: &mut Ctx<'_>, id: DomId, depth: u32) -> Result<(), ApiError> 
         .feature("prohibit-start")
         .filter(|v| !v.is_empty())
     {
-        return Err(ApiError::qubes(format!(
-            "Qube start is prohibited. Rationale: {why}"
-        )));
+        let e = ApiError::qubes(format!("Qube start is prohibited. Rationale: {why}"));
+        ctx.emit(&name, "domain-start-failed", &[("reason", &e.msg)]);
+        return Err(e);
     }
-    let guid = [("start_guid", "True")];
     ctx.emit(
         &name,
         "domain-pre-start",
@@ -253,43 +269,151 @@ fn start_qube(ctx: &mut Ctx<'_>, id: DomId, depth: u32) -> Result<(), ApiError> 
     let vols = volumes::volumes_of(ctx, &pools, id)?;
     let dir = volumes::vm_dir(ctx, id);
     volumes::verify_storage(&dir, &pools, &vols)?;
-    if let Some(net) = defaults::netvm_of(ctx, id, 0).filter(|n| !ctx.doc().is_admin(*n)) {
+    let netvm = defaults::netvm_of(ctx, id, 0).filter(|n| !ctx.doc().is_admin(*n));
+    if let Some(net) = netvm {
         start_qube(ctx, net, depth + 1)?;
     }
-    let flavour = match Flavour::for_uri(&ctx.config.libvirt_uri) {
-        Some(Flavour::Xen) | None => {
-            return Err(start_failed(&format!(
-                "the domain XML for {} is not built yet (test and qemu URIs are)",
-                ctx.config.libvirt_uri
-            )))
-        }
-        Some(f) => f,
+    let storage = Storage {
+        run_dir: ctx.config.run_dir.clone(),
+        dir,
+        pools,
+        vols,
     };
-    let spec = crate::model::lifecycle::domain_spec(ctx, id, &dir, &pools, &vols)?;
-    let xml = spec.to_xml(flavour).unwrap_or_default();
-    let run_dir = ctx.config.run_dir.clone();
-    volumes::start_storage(&run_dir, &dir, &pools, &vols)?;
-    ctx.emit(&name, "domain-pre-spawn", &guid);
+    let mut spawned = false;
+    if let Err(f) = spawn(ctx, id, &name, netvm, &storage, &mut spawned) {
+        if spawned {
+            let _ = ctx.hypervisor().op(&vm_uuid(ctx, id)?, Op::Destroy);
+        }
+        if f.storage_started {
+            volumes::stop_storage(&storage.run_dir, &storage.pools, &storage.vols);
+        }
+        ctx.emit(&name, "domain-start-failed", &[("reason", &f.reason)]);
+        return Err(f.error);
+    }
+    Ok(())
+}
+
+/// A qube's storage, as a Start works with it.
+struct Storage {
+    run_dir: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    pools: Vec<crate::storage::Pool>,
+    vols: Vec<crate::storage::VolumeConfig>,
+}
+
+/// Why a Start failed once it was under way: the `reason` of `domain-start-failed` (a libvirt
+/// failure's own message) and the error the caller gets.
+struct StartFailure {
+    reason: String,
+    error: ApiError,
+    storage_started: bool,
+}
+
+impl From<ApiError> for StartFailure {
+    fn from(error: ApiError) -> Self {
+        StartFailure {
+            reason: error.msg.clone(),
+            error,
+            storage_started: true,
+        }
+    }
+}
+
+fn libvirt_failure(e: &crate::runtime::HvError) -> StartFailure {
+    let reason = e.to_string();
+    StartFailure {
+        error: start_failed(&reason),
+        reason,
+        storage_started: true,
+    }
+}
+
+/// The part of a Start after which a failure fires `domain-start-failed` (§10.2): memory from
+/// qmemman, the storage, the domain spawned paused, QubesDB, resumed, qrexec. `spawned` tells
+/// the caller whether a domain exists to destroy.
+fn spawn(
+    ctx: &mut Ctx<'_>,
+    id: DomId,
+    name: &str,
+    netvm: Option<DomId>,
+    st: &Storage,
+    spawned: &mut bool,
+) -> Result<(), StartFailure> {
+    let early = |e: ApiError| StartFailure {
+        storage_started: false,
+        ..StartFailure::from(e)
+    };
+    let Some(flavour) = Flavour::for_uri(&ctx.config.libvirt_uri) else {
+        return Err(early(start_failed(&format!(
+            "no domain XML for {} (xen, qemu and test URIs have one)",
+            ctx.config.libvirt_uri
+        ))));
+    };
+    let spec = crate::model::lifecycle::domain_spec(ctx, id, &st.dir, &st.pools, &st.vols)
+        .map_err(early)?;
+    let xml = spec.to_xml(flavour);
+    let services = dom0::for_config(&ctx.config.run_dir, &ctx.config.dom0);
+    let net_ops = match netvm {
+        Some(_) => qubesdb::netvm_entries(ctx, id, &st.dir).map_err(early)?,
+        None => Vec::new(),
+    };
+    let grant = services
+        .request_memory(name, qubesdb::memory_required(ctx, id))
+        .map_err(|e| early(e.into()))?;
+    volumes::start_storage(&st.run_dir, &st.dir, &st.pools, &st.vols).map_err(early)?;
+    let guid = [("start_guid", "True")];
+    ctx.emit(name, "domain-pre-spawn", &guid);
+    if let Some(net) = netvm {
+        if is_active(live_domain(ctx, net)?.as_ref()) {
+            let mut db = services
+                .qubesdb(ctx.doc().name(net))
+                .map_err(ApiError::from)?;
+            qubesdb::apply(db.as_mut(), &net_ops)?;
+        }
+    }
     let uuid = vm_uuid(ctx, id)?;
     let hv = ctx.hypervisor();
-    let spawned = hv.define(&xml).and_then(|()| hv.op(&uuid, Op::StartPaused));
-    if let Err(e) = spawned {
-        volumes::stop_storage(&run_dir, &pools, &vols);
-        return Err(start_failed(&e.to_string()));
-    }
+    hv.define(&xml).map_err(|e| libvirt_failure(&e))?;
+    hv.op(&uuid, Op::StartPaused)
+        .map_err(|e| libvirt_failure(&e))?;
+    *spawned = true;
+    // qmemman balances again once the domain holds its memory.
+    drop(grant);
+    let xid = live_domain(ctx, id)?.map_or(-1, |d| d.id);
+    services.allow_memory_reports(xid).map_err(ApiError::from)?;
     for prop in ["xid", "stubdom_xid", "start_time"] {
-        ctx.emit(&name, format!("property-reset:{prop}"), &[("name", prop)]);
+        ctx.emit(name, format!("property-reset:{prop}"), &[("name", prop)]);
     }
-    ctx.emit(&name, "domain-spawn", &guid);
-    ctx.emit(&name, "domain-pre-unpaused", &[]);
-    if let Err(e) = ctx.hypervisor().op(&uuid, Op::Resume) {
-        let _ = ctx.hypervisor().op(&uuid, Op::Destroy);
-        volumes::stop_storage(&run_dir, &pools, &vols);
-        return Err(start_failed(&e.to_string()));
-    }
-    ctx.emit(&name, "domain-unpaused", &[]);
+    ctx.emit(name, "domain-spawn", &guid);
+    let mut db = services.start_qubesdb(xid, name).map_err(ApiError::from)?;
+    let entries = qubesdb::qube_entries(ctx, id, &qubesdb::random_seed()?)?;
+    qubesdb::apply(db.as_mut(), &entries)?;
+    ctx.emit(name, "domain-qdb-create", &[]);
+    ctx.emit(name, "domain-pre-unpaused", &[]);
+    ctx.hypervisor()
+        .op(&uuid, Op::Resume)
+        .map_err(|e| libvirt_failure(&e))?;
+    ctx.emit(name, "domain-unpaused", &[]);
+    let text = |p: &str| match defaults::vm_prop(ctx, id, p, 0) {
+        Ok(v) => v.py_str(),
+        Err(_) => String::new(),
+    };
+    let timeout = match defaults::vm_prop(ctx, id, "qrexec_timeout", 0) {
+        Ok(Val::Int(n)) => u64::try_from(n).unwrap_or(60),
+        _ => 60,
+    };
+    let qrexec = dom0::QrexecStart {
+        xid,
+        name: name.to_string(),
+        default_user: text("default_user"),
+        debug: text("debug") == "True",
+        wait_for_agent: defaults::feature_with_template(ctx, id, "qrexec")
+            .is_some_and(|v| !v.is_empty()),
+        timeout,
+    };
+    services.start_qrexec(&qrexec).map_err(ApiError::from)?;
     crate::model::lifecycle::mark_started(ctx, id)?;
-    ctx.emit(&name, "domain-start", &guid);
+    ctx.emit(name, "domain-start", &guid);
     Ok(())
 }
 

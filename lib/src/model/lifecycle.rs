@@ -191,9 +191,11 @@ fn remove_disposable(
 }
 
 /// The domain description of qube `id` from its properties and volumes: memory, maxmem (0:
-/// the memory), vcpus, the dom0-provided kernel (if its files exist), the volumes' paths (the
-/// kernel's `modules.img` read-only, if present), with a netvm the MAC, and the console log in
-/// the qube's directory `dir` (whoever runs the emulator can write there: it holds the images).
+/// the memory), vcpus, virt_mode, the dom0-provided kernel (if its files exist; Xen's command
+/// line starts with the kernel's `default-kernelopts-common.txt`, or the reference's default
+/// options), the volumes' block devices (the kernel's `modules.img` read-only, if present),
+/// with a netvm the interface, the HVM options, and the console log in the qube's directory
+/// `dir` (whoever runs the emulator can write there: it holds the images).
 pub fn domain_spec(
     ctx: &Ctx<'_>,
     id: DomId,
@@ -201,15 +203,16 @@ pub fn domain_spec(
     pools: &[crate::storage::Pool],
     vols: &[crate::storage::VolumeConfig],
 ) -> Result<crate::runtime::domain_xml::DomainSpec, ApiError> {
-    use crate::runtime::domain_xml::{Disk, DomainSpec, Kernel};
+    use crate::runtime::domain_xml::{Disk, DomainSpec, HvmOptions, Kernel, Net, VirtMode};
     let int = |p: &str| match defaults::vm_prop(ctx, id, p, 0) {
         Ok(Val::Int(n)) => u64::try_from(n).unwrap_or(0),
         _ => 0,
     };
-    let text = |p: &str| match defaults::vm_prop(ctx, id, p, 0) {
-        Ok(Val::Text(t)) => Some(t),
-        _ => None,
+    let text = |vm: DomId, p: &str| match defaults::vm_prop(ctx, vm, p, 0) {
+        Ok(Val::None) | Err(_) => None,
+        Ok(v) => Some(v.py_str()).filter(|s| !s.is_empty()),
     };
+    let feature = |f: &str| defaults::feature_with_template(ctx, id, f);
     let memory_mib = int("memory");
     let maxmem = int("maxmem");
     let mut kernel = None;
@@ -224,28 +227,59 @@ pub fn domain_spec(
             let vmlinuz = kdir.join("vmlinuz");
             if vmlinuz.exists() {
                 let initrd = kdir.join("initramfs");
+                let common = if feature("no-default-kernelopts").is_some_and(|v| !v.is_empty()) {
+                    String::new()
+                } else {
+                    match std::fs::read_to_string(kdir.join("default-kernelopts-common.txt")) {
+                        Ok(t) => format!("{} ", t.trim()),
+                        Err(_) => DEFAULT_KERNELOPTS_COMMON.to_string(),
+                    }
+                };
                 kernel = Some(Kernel {
                     vmlinuz: vmlinuz.to_string_lossy().into_owned(),
                     initrd: initrd
                         .exists()
                         .then(|| initrd.to_string_lossy().into_owned()),
-                    cmdline: text("kernelopts").unwrap_or_default(),
+                    cmdline: text(id, "kernelopts").unwrap_or_default(),
+                    common,
                 });
             }
             let modules = kdir.join("modules.img");
             if modules.exists() {
                 disks.push(Disk {
+                    name: v.name.clone(),
                     path: modules.to_string_lossy().into_owned(),
                     readonly: true,
+                    script: Some("block".to_string()),
                 });
             }
             continue;
         }
+        let path = pool.driver().path(v)?;
         disks.push(Disk {
-            path: pool.driver().path(v)?,
+            name: v.name.clone(),
+            // An image file needs Xen's `block` script (a loop device); a device does not.
+            script: (!path.starts_with("/dev/")).then(|| "block".to_string()),
+            path,
             readonly: !v.rw,
         });
     }
+    let net = defaults::netvm_of(ctx, id, 0).map(|netvm| Net {
+        mac: text(id, "mac").unwrap_or_default(),
+        ip: text(id, "ip"),
+        ip6: text(id, "ip6"),
+        backend: ctx.doc().name(netvm).to_string(),
+        gateway: text(netvm, "gateway").unwrap_or_default(),
+        dns: crate::model::qubesdb::dns(ctx, id),
+        netmask: text(id, "visible_netmask").unwrap_or_default(),
+    });
+    let hvm = HvmOptions {
+        linux_stubdom: feature("linux-stubdom").is_none_or(|v| !v.is_empty()),
+        stubdom_mem_mib: Some(int("stubdom_mem")).filter(|m| *m > 0),
+        video_model: feature("video-model").unwrap_or_else(|| "vga".to_string()),
+        timezone: feature("timezone").unwrap_or_else(|| "localtime".to_string()),
+        uefi: feature("uefi").is_some_and(|v| !v.is_empty()),
+    };
     Ok(DomainSpec {
         name: ctx.doc().name(id).to_string(),
         uuid: vm_uuid(ctx, id)?,
@@ -254,10 +288,13 @@ pub fn domain_spec(
         vcpus: int("vcpus").max(1),
         kernel,
         disks,
-        mac: defaults::netvm_of(ctx, id, 0)
-            .is_some()
-            .then(|| text("mac"))
-            .flatten(),
+        net,
+        virt_mode: VirtMode::parse(&text(id, "virt_mode").unwrap_or_default()),
+        hvm,
         console_log: Some(dir.join("console.log").to_string_lossy().into_owned()),
     })
 }
+
+/// The kernel options every Xen guest gets before its `kernelopts`, unless its kernel directory
+/// says otherwise (`default-kernelopts-common.txt`).
+pub const DEFAULT_KERNELOPTS_COMMON: &str = "root=/dev/mapper/dmroot ro nomodeset console=hvc0 rd_NO_PLYMOUTH rd.plymouth.disable=1 clocksource=tsc xen_scrub_pages=0 ";

@@ -7,6 +7,7 @@
 //! * [`labels`]: label lookup and legacy `label-N` references.
 //! * [`lifecycle`]: the per-qube operation lock, live state, stop processing.
 //! * [`power_state`]: a qube's power state from its libvirt domain.
+//! * [`qubesdb`]: what a Start gives the dom0 services (memory, QubesDB entries).
 //! * [`new_qube`]: identity, qubes.xml entry and disk of a new qube.
 //! * [`notes_sanitize`]: the reference's notes sanitiser.
 //! * [`tags`]: tag additions with their handlers.
@@ -20,5 +21,6 @@ pub mod new_qube;
 pub mod notes_sanitize;
 pub mod power_state;
 pub mod props;
+pub mod qubesdb;
 pub mod tags;
 pub mod volumes;

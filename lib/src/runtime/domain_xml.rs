@@ -1,7 +1,8 @@
 //! The libvirt domain XML of a qube, from one typed description and a flavour chosen by the
-//! libvirt URI: `test` (libvirt's test driver: the sandbox and the tests) and `qemu` (QEMU with
-//! TCG, or KVM where `/dev/kvm` is usable). The Xen flavour (the reference's `xen.xml`
-//! template, rendered byte for byte) is not built yet: a Start on `xen://` says so.
+//! libvirt URI: `test` (libvirt's test driver: the sandbox and the tests), `qemu` (QEMU with
+//! TCG, or KVM where `/dev/kvm` is usable) and `xen` (the elements and attributes of the
+//! reference's `libvirt/xen.xml` template for PV, PVH and HVM; see docs/runtime.md for what
+//! is covered).
 
 use crate::store::xml::escape_text;
 
@@ -19,8 +20,11 @@ pub struct DomainSpec {
     pub kernel: Option<Kernel>,
     /// Block devices in attach order (`root`, `private`, `volatile`, kernel modules).
     pub disks: Vec<Disk>,
-    /// The network interface's MAC, when the qube has a netvm.
-    pub mac: Option<String>,
+    /// The network interface, when the qube has a netvm.
+    pub net: Option<Net>,
+    pub virt_mode: VirtMode,
+    /// What only an HVM's Xen domain uses.
+    pub hvm: HvmOptions,
     /// Where QEMU copies the serial console (`virsh console` still works): the guest's boot
     /// messages, as Xen's `/var/log/xen/console/guest-<name>.log`.
     pub console_log: Option<String>,
@@ -30,13 +34,80 @@ pub struct DomainSpec {
 pub struct Kernel {
     pub vmlinuz: String,
     pub initrd: Option<String>,
+    /// `kernelopts`.
     pub cmdline: String,
+    /// What Xen guests get before `kernelopts` (the reference's `kernelopts_common`; empty
+    /// with the feature `no-default-kernelopts`).
+    pub common: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
+    /// The volume's name (`root`, `private`, `volatile`, `kernel`, …): Xen's device name.
+    pub name: String,
     pub path: String,
     pub readonly: bool,
+    /// Xen's hotplug script for the backend (`block` for an image file, none for a device).
+    pub script: Option<String>,
+}
+
+/// The interface to the netvm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Net {
+    pub mac: String,
+    pub ip: Option<String>,
+    pub ip6: Option<String>,
+    /// The netvm's name (Xen's backend domain).
+    pub backend: String,
+    /// For an HVM's stub domain: the netvm's gateway, the DNS addresses, the netmask.
+    pub gateway: String,
+    pub dns: Vec<String>,
+    pub netmask: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtMode {
+    Pv,
+    Pvh,
+    Hvm,
+}
+
+impl VirtMode {
+    /// From the `virt_mode` property (`pvh` for anything unknown, the default).
+    pub fn parse(s: &str) -> VirtMode {
+        match s {
+            "pv" => VirtMode::Pv,
+            "hvm" => VirtMode::Hvm,
+            _ => VirtMode::Pvh,
+        }
+    }
+}
+
+/// An HVM's stub domain, firmware, clock and video (features along the template chain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HvmOptions {
+    /// `linux-stubdom` (default on): the Linux stub domain, else the MiniOS one.
+    pub linux_stubdom: bool,
+    /// `stubdom_mem`, MiB.
+    pub stubdom_mem_mib: Option<u64>,
+    /// `video-model` (default `vga`).
+    pub video_model: String,
+    /// `timezone` (default `localtime`; digits: an offset in seconds from UTC).
+    pub timezone: String,
+    /// `uefi`: OVMF instead of SeaBIOS.
+    pub uefi: bool,
+}
+
+impl Default for HvmOptions {
+    fn default() -> Self {
+        HvmOptions {
+            linux_stubdom: true,
+            stubdom_mem_mib: None,
+            video_model: "vga".to_string(),
+            timezone: "localtime".to_string(),
+            uefi: false,
+        }
+    }
 }
 
 /// The libvirt driver family a URI names.
@@ -67,13 +138,13 @@ fn e(s: &str) -> String {
 }
 
 impl DomainSpec {
-    /// The domain XML for `flavour` (`None` for Xen: not built yet).
-    pub fn to_xml(&self, flavour: Flavour) -> Option<String> {
+    /// The domain XML for `flavour`.
+    pub fn to_xml(&self, flavour: Flavour) -> String {
         let ty = match flavour {
             Flavour::Test => "test",
             Flavour::Qemu { kvm: true } => "kvm",
             Flavour::Qemu { kvm: false } => "qemu",
-            Flavour::Xen => return None,
+            Flavour::Xen => return self.xen_xml(),
         };
         let mut x = format!(
             "<domain type='{ty}'>\n  <name>{}</name>\n  <uuid>{}</uuid>\n  \
@@ -110,23 +181,20 @@ impl DomainSpec {
                 x.push_str(&format!(
                     "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      \
                      <source file='{}'/>\n      <target dev='{dev}' bus='virtio'/>\n{}    </disk>\n",
-                    crate::store::xml::escape_attr(&d.path),
+                    a(&d.path),
                     if d.readonly { "      <readonly/>\n" } else { "" }
                 ));
             }
-            if let Some(mac) = &self.mac {
+            if let Some(net) = &self.net {
                 x.push_str(&format!(
                     "    <interface type='user'>\n      <mac address='{}'/>\n      \
                      <model type='virtio'/>\n    </interface>\n",
-                    crate::store::xml::escape_attr(mac)
+                    a(&net.mac)
                 ));
             }
             x.push_str("    <serial type='pty'>\n");
             if let Some(log) = &self.console_log {
-                x.push_str(&format!(
-                    "      <log file='{}' append='off'/>\n",
-                    crate::store::xml::escape_attr(log)
-                ));
+                x.push_str(&format!("      <log file='{}' append='off'/>\n", a(log)));
             }
             x.push_str(
                 "      <target port='0'/>\n    </serial>\n    \
@@ -135,8 +203,186 @@ impl DomainSpec {
             );
         }
         x.push_str("</domain>\n");
-        Some(x)
+        x
     }
+
+    /// The Xen domain: the reference template's elements and attributes, in its order.
+    fn xen_xml(&self) -> String {
+        let hvm = self.virt_mode == VirtMode::Hvm;
+        let mut x = format!(
+            "<domain type=\"xen\">\n    <name>{}</name>\n    <uuid>{}</uuid>\n    \
+             <memory unit=\"MiB\">{}</memory>\n    <currentMemory unit=\"MiB\">{}</currentMemory>\n    \
+             <vcpu placement=\"static\">{}</vcpu>\n",
+            e(&self.name),
+            e(&self.uuid),
+            self.maxmem_mib.max(self.memory_mib),
+            self.memory_mib,
+            self.vcpus
+        );
+        if self.virt_mode != VirtMode::Pv {
+            x.push_str(
+                "    <cpu mode=\"host-passthrough\">\n        <!-- disable nested HVM -->\n        \
+                 <feature name=\"vmx\" policy=\"disable\"/>\n        \
+                 <feature name=\"svm\" policy=\"disable\"/>\n        \
+                 <!-- let the guest know the TSC is safe to use (no migration) -->\n        \
+                 <feature name=\"invtsc\" policy=\"require\"/>\n    </cpu>\n",
+            );
+        }
+        x.push_str("    <os>\n");
+        match self.virt_mode {
+            VirtMode::Hvm => x.push_str(&format!(
+                "        <type arch=\"x86_64\" machine=\"xenfv\">hvm</type>\n        \
+                 <loader type=\"{}\">hvmloader</loader>\n        <boot dev=\"cdrom\"/>\n        \
+                 <boot dev=\"hd\"/>\n",
+                if self.hvm.uefi { "pflash" } else { "rom" }
+            )),
+            VirtMode::Pvh => {
+                x.push_str("        <type arch=\"x86_64\" machine=\"xenpvh\">xenpvh</type>\n")
+            }
+            VirtMode::Pv => {
+                x.push_str("        <type arch=\"x86_64\" machine=\"xenpv\">linux</type>\n")
+            }
+        }
+        if let Some(k) = &self.kernel {
+            if !hvm {
+                x.push_str(&format!("        <kernel>{}</kernel>\n", e(&k.vmlinuz)));
+                if let Some(i) = &k.initrd {
+                    x.push_str(&format!("        <initrd>{}</initrd>\n", e(i)));
+                }
+            }
+            x.push_str(&format!(
+                "        <cmdline>{}{}</cmdline>\n",
+                e(&k.common),
+                e(&k.cmdline)
+            ));
+        }
+        x.push_str("    </os>\n    <features>\n");
+        if self.virt_mode != VirtMode::Pv {
+            x.push_str("        <pae/>\n        <acpi/>\n        <apic/>\n        <viridian/>\n");
+        }
+        x.push_str("    </features>\n");
+        if hvm {
+            let tz = self.hvm.timezone.to_ascii_lowercase();
+            x.push_str(&if tz == "localtime" {
+                "    <clock offset=\"variable\" adjustment=\"0\" basis=\"localtime\"/>\n"
+                    .to_string()
+            } else if !tz.is_empty() && tz.bytes().all(|b| b.is_ascii_digit()) {
+                format!("    <clock offset=\"variable\" adjustment=\"{tz}\" basis=\"UTC\"/>\n")
+            } else {
+                "    <clock offset=\"variable\" adjustment=\"0\" basis=\"UTC\"/>\n".to_string()
+            });
+        } else {
+            x.push_str(
+                "    <clock offset=\"utc\" adjustment=\"reset\">\n        \
+                 <timer name=\"tsc\" mode=\"native\"/>\n    </clock>\n",
+            );
+        }
+        x.push_str(
+            "    <on_poweroff>destroy</on_poweroff>\n    <on_reboot>destroy</on_reboot>\n    \
+             <on_crash>destroy</on_crash>\n    <devices>\n",
+        );
+        // root, private, volatile and kernel have fixed devices; any other volume takes the
+        // next of xvde…xvdz.
+        let mut extra = b'e';
+        for d in &self.disks {
+            let dev = match d.name.as_str() {
+                "root" => "xvda".to_string(),
+                "private" => "xvdb".to_string(),
+                "volatile" => "xvdc".to_string(),
+                "kernel" => "xvdd".to_string(),
+                _ => {
+                    let dev = format!("xvd{}", char::from(extra.min(b'z')));
+                    extra = extra.saturating_add(1);
+                    dev
+                }
+            };
+            x.push_str(&format!(
+                "        <disk type=\"block\" device=\"disk\">\n            <driver name=\"phy\"/>\n            \
+                 <source dev=\"{}\"/>\n            <target dev=\"{dev}\"/>\n",
+                a(&d.path)
+            ));
+            if d.readonly {
+                x.push_str("            <readonly/>\n");
+            }
+            if let Some(script) = &d.script {
+                x.push_str(&format!("            <script path=\"{}\"/>\n", a(script)));
+            }
+            x.push_str("        </disk>\n");
+        }
+        if let Some(n) = &self.net {
+            x.push_str(&format!(
+                "        <interface type=\"ethernet\">\n            <mac address=\"{}\"/>\n",
+                a(&n.mac)
+            ));
+            if let Some(ip) = &n.ip {
+                x.push_str(&format!("            <ip address=\"{}\"/>\n", a(ip)));
+            }
+            if let Some(ip6) = &n.ip6 {
+                x.push_str(&format!(
+                    "            <ip address=\"{}\" family=\"ipv6\"/>\n",
+                    a(ip6)
+                ));
+            }
+            x.push_str(&format!(
+                "            <backenddomain name=\"{}\"/>\n            \
+                 <script path=\"vif-route-qubes\"/>\n        </interface>\n",
+                a(&n.backend)
+            ));
+        }
+        if hvm {
+            let o = &self.hvm;
+            x.push_str(&format!(
+                "        <emulator type=\"{}\"",
+                if o.linux_stubdom {
+                    "stubdom-linux"
+                } else {
+                    "stubdom"
+                }
+            ));
+            if let Some(n) = &self.net {
+                let ip = n.ip.as_deref().unwrap_or_default();
+                let dns = |i: usize| n.dns.get(i).map(String::as_str).unwrap_or_default();
+                let cmdline = if o.linux_stubdom {
+                    format!(
+                        "-qubes-net:client_ip={ip},dns_0={},dns_1={},gw={},netmask={}",
+                        dns(0),
+                        dns(1),
+                        n.gateway,
+                        n.netmask
+                    )
+                } else {
+                    format!(
+                        "-net lwip,client_ip={ip},server_ip={},dns={},gw={},netmask={}",
+                        dns(1),
+                        dns(0),
+                        n.gateway,
+                        n.netmask
+                    )
+                };
+                x.push_str(&format!(" cmdline=\"{}\"", a(&cmdline)));
+            }
+            if let Some(mib) = o.stubdom_mem_mib {
+                x.push_str(&format!(" memory=\"{}\"", mib * 1024));
+            }
+            x.push_str(&format!(
+                "/>\n        <input type=\"tablet\" bus=\"usb\"/>\n        <video>\n            \
+                 <model type=\"{}\"/>\n        </video>\n",
+                a(&o.video_model)
+            ));
+            if o.linux_stubdom {
+                x.push_str("        <graphics type=\"qubes\"/>\n");
+            }
+        }
+        x.push_str(
+            "        <console type=\"pty\">\n            <target type=\"xen\" port=\"0\"/>\n        \
+             </console>\n    </devices>\n</domain>\n",
+        );
+        x
+    }
+}
+
+fn a(s: &str) -> String {
+    crate::store::xml::escape_attr(s).into_owned()
 }
 
 #[cfg(test)]
@@ -155,18 +401,33 @@ mod tests {
                 vmlinuz: "/k/6.6/vmlinuz".into(),
                 initrd: Some("/k/6.6/initramfs".into()),
                 cmdline: "root=/dev/vda ro console=ttyS0".into(),
+                common: "console=hvc0 ".into(),
             }),
             disks: vec![
                 Disk {
+                    name: "root".into(),
                     path: "/q/appvms/work/root-dirty.img".into(),
                     readonly: false,
+                    script: Some("block".into()),
                 },
                 Disk {
+                    name: "kernel".into(),
                     path: "/k/6.6/modules.img".into(),
                     readonly: true,
+                    script: Some("block".into()),
                 },
             ],
-            mac: Some("00:16:3e:5e:6c:00".into()),
+            net: Some(Net {
+                mac: "00:16:3e:5e:6c:00".into(),
+                ip: Some("10.137.0.5".into()),
+                ip6: None,
+                backend: "sys-firewall".into(),
+                gateway: "10.137.0.2".into(),
+                dns: vec!["10.139.1.1".into(), "10.139.1.2".into()],
+                netmask: "255.255.255.255".into(),
+            }),
+            virt_mode: VirtMode::Pvh,
+            hvm: HvmOptions::default(),
             console_log: Some("/run/q/console/guest-work.log".into()),
         }
     }
@@ -184,13 +445,12 @@ mod tests {
         ));
         assert_eq!(Flavour::for_uri("xen:///"), Some(Flavour::Xen));
         assert_eq!(Flavour::for_uri("lxc:///"), None);
-        assert_eq!(spec().to_xml(Flavour::Xen), None);
     }
 
     #[test]
     fn test_flavour() {
         assert_eq!(
-            spec().to_xml(Flavour::Test).unwrap(),
+            spec().to_xml(Flavour::Test),
             "<domain type='test'>\n  <name>work</name>\n  <uuid>e4b06ce6-0741-47a8-bce4-2c8218072e8c</uuid>\n  \
 <memory unit='MiB'>4000</memory>\n  <currentMemory unit='MiB'>400</currentMemory>\n  \
 <vcpu placement='static'>2</vcpu>\n  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n  </os>\n  \
@@ -200,7 +460,7 @@ mod tests {
 
     #[test]
     fn qemu_flavour() {
-        let x = spec().to_xml(Flavour::Qemu { kvm: false }).unwrap();
+        let x = spec().to_xml(Flavour::Qemu { kvm: false });
         assert!(x.starts_with("<domain type='qemu'>"));
         assert!(x.contains("    <kernel>/k/6.6/vmlinuz</kernel>\n    <initrd>/k/6.6/initramfs</initrd>\n    <cmdline>root=/dev/vda ro console=ttyS0</cmdline>\n"));
         assert!(x.contains("<source file='/q/appvms/work/root-dirty.img'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>"));
@@ -209,10 +469,49 @@ mod tests {
         assert!(x.contains("</os>\n  <features>\n    <acpi/>\n  </features>\n  <on_poweroff>"));
         assert!(x.contains("<serial type='pty'>\n      <log file='/run/q/console/guest-work.log' append='off'/>\n      <target port='0'/>"));
         assert!(x.contains("<console type='pty'>\n      <target type='serial' port='0'/>"));
-        assert!(Flavour::Qemu { kvm: true } != Flavour::Qemu { kvm: false });
         assert!(spec()
             .to_xml(Flavour::Qemu { kvm: true })
-            .unwrap()
             .starts_with("<domain type='kvm'>"));
+    }
+
+    /// The golden Xen domains: PVH (the default) with a netvm, PV without one, HVM with a
+    /// Linux stub domain and with the MiniOS one.
+    #[test]
+    fn xen_flavour_golden() {
+        let golden = |file: &str, s: &DomainSpec| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/golden/domain-xml")
+                .join(file);
+            let got = s.to_xml(Flavour::Xen);
+            if std::env::var_os("UPDATE_GOLDEN").is_some() {
+                std::fs::write(&path, &got).unwrap();
+            }
+            assert_eq!(got, std::fs::read_to_string(&path).unwrap(), "{file}");
+        };
+        golden("pvh.xml", &spec());
+        let mut pv = spec();
+        pv.virt_mode = VirtMode::Pv;
+        pv.net = None;
+        golden("pv.xml", &pv);
+        let mut hvm = spec();
+        hvm.virt_mode = VirtMode::Hvm;
+        hvm.kernel = None;
+        hvm.disks.push(Disk {
+            name: "data".into(),
+            path: "/dev/qubes_dom0/vm-work-data".into(),
+            readonly: false,
+            script: None,
+        });
+        hvm.net.as_mut().unwrap().ip6 = Some("fd09:24ef:4179::a89:5".into());
+        hvm.hvm.timezone = "3600".into();
+        golden("hvm.xml", &hvm);
+        hvm.hvm = HvmOptions {
+            linux_stubdom: false,
+            stubdom_mem_mib: Some(64),
+            video_model: "cirrus".into(),
+            timezone: "UTC".into(),
+            uefi: true,
+        };
+        golden("hvm-minios.xml", &hvm);
     }
 }

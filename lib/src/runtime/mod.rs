@@ -8,6 +8,7 @@
 //! See docs/runtime.md.
 
 pub mod client;
+pub mod dom0;
 pub mod domain_xml;
 pub mod proto;
 
@@ -226,7 +227,7 @@ pub fn default_for(config: &crate::Config) -> Box<dyn Hypervisor> {
 
 /// Whether `uri` names the Xen driver (memory balancing, dom0 static-max).
 pub fn is_xen_uri(uri: &str) -> bool {
-    uri.starts_with("xen")
+    crate::config::is_xen_uri(uri)
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ pub fn config_for(dir: &Path) -> Config {
         libvirt_uri: "test:///default".to_string(),
         run_dir: dir.join("run"),
         policy_dir: dir.join("etc/policy.d"),
+        dom0: crate::config::Dom0Config::for_uri("test:///default"),
         ..Config::default()
     }
 }
@@ -59,6 +60,8 @@ pub fn env_lines(c: &Config) -> String {
         ("QUBES_LIBVIRT_URI", c.libvirt_uri.as_str().into()),
         ("QUBES_RUN_DIR", c.run_dir.to_string_lossy()),
         ("QUBES_POLICY_DIR", c.policy_dir.to_string_lossy()),
+        // No qmemman, QubesDB or qrexec here, whatever the URI.
+        ("QUBES_DOM0_SERVICES", "sandbox".into()),
     ];
     vars.iter()
         .map(|(k, v)| format!("export {k}='{}'\n", v.replace('\'', "'\\''")))

@@ -90,6 +90,8 @@ impl Env {
             run_dir: root.join("run"),
             policy_dir: root.join("policy.d"),
             lock_timeout: Duration::from_millis(200),
+            // Never the real qmemman/QubesDB/qrexec, whatever a fuzzed call asks for.
+            dom0: qubes_admin::config::Dom0Config::for_uri("test:///default"),
         };
         let text = String::from_utf8(FIXTURE.to_vec()).unwrap();
         let pristine = text

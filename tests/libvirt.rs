@@ -984,6 +984,89 @@ fn start_with_its_netvm_chain() {
         assert_eq!(net1_db.get(k).map(String::as_str), Some(v), "net1 {k}");
     }
     assert!(!net1_db.contains_key("/qubes-ip"), "net1 has no netvm");
+    // admin.vm.firewall.*: the default list, a Set (saved, `firewall-changed`, at once in the
+    // running netvm's QubesDB: indexes kept, expired rules left out), refusals that change
+    // nothing, Reload.
+    assert_eq!(
+        call("admin.vm.firewall.Get+", "a1", b""),
+        "0\0action=accept\n"
+    );
+    env.events_after(&mut seen);
+    let rules = "action=accept dsthost=192.168.0.0/24 proto=tcp dstports=443\n\
+                 action=drop proto=udp dstports=53 expire=1000 comment=gone\n\
+                 action=accept specialtarget=dns\n\
+                 action=drop dst6=fd00::1\n";
+    assert_eq!(
+        call("admin.vm.firewall.Set+", "a1", rules.as_bytes()),
+        "0\0"
+    );
+    assert_eq!(env.events_after(&mut seen), ["a1|firewall-changed|"]);
+    assert_eq!(
+        call("admin.vm.firewall.Get+", "a1", b""),
+        "0\0action=accept dst4=192.168.0.0/24 proto=tcp dstports=443-443\n\
+         action=accept specialtarget=dns\naction=drop dst6=fd00::1/128\n"
+    );
+    let fw = varlib.join("appvms/a1/firewall.xml");
+    let file = std::fs::read_to_string(&fw).unwrap();
+    assert!(file.starts_with("<firewall version=\"2\">\n  <rules>\n    <rule>\n      <properties>\n        <property name=\"action\">accept</property>\n        <property name=\"dsthost\">192.168.0.0/24</property>\n        <property name=\"proto\">tcp</property>\n        <property name=\"dstports\">443</property>\n"), "{file}");
+    assert!(!file.contains("gone"), "expired rules are not saved");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&fw).unwrap().permissions())
+            & 0o777,
+        0o664
+    );
+    let net1_db = qdb("net1");
+    let fwdb: Vec<(&String, &String)> = net1_db
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("/qubes-firewall/{ip}")))
+        .collect();
+    let p = |s: &str| format!("/qubes-firewall/{ip}{s}");
+    assert_eq!(
+        fwdb,
+        [
+            (&p(""), &String::new()),
+            (
+                &p("/0000"),
+                &"action=accept dst4=192.168.0.0/24 proto=tcp dstports=443-443".to_string()
+            ),
+            (&p("/0002"), &"action=accept specialtarget=dns".to_string()),
+            (&p("/policy"), &"drop".to_string()),
+        ]
+    );
+    // A rule that does not parse, a non-ASCII payload, an empty line: nothing changes.
+    let before = std::fs::read(&fw).unwrap();
+    assert_eq!(
+        call(
+            "admin.vm.firewall.Set+",
+            "a1",
+            b"action=accept\naction=maybe\n"
+        ),
+        "2\0QubesException\0\0Invalid action: maybe\0"
+    );
+    assert_eq!(
+        call(
+            "admin.vm.firewall.Set+",
+            "a1",
+            b"action=accept\n\naction=drop\n"
+        ),
+        "2\0QubesException\0\0not enough values to unpack (expected 2, got 1)\0"
+    );
+    assert_eq!(
+        call(
+            "admin.vm.firewall.Set+",
+            "a1",
+            "action=accept comment=caf\u{e9}".as_bytes()
+        ),
+        "2\0ProtocolError\0\0Rules contains non-ASCII characters\0"
+    );
+    assert_eq!(
+        call("admin.vm.firewall.Get+", "dom0", b""),
+        "2\0ProtocolError\0\0expected destination to not be AdminVM\0"
+    );
+    assert_eq!(std::fs::read(&fw).unwrap(), before);
+    assert!(env.events_after(&mut seen).is_empty());
+    assert_eq!(call("admin.vm.firewall.Reload+", "a1", b""), "0\0");
+    assert_eq!(env.events_after(&mut seen), ["a1|firewall-changed|"]);
     let a1 = varlib.join("appvms/a1");
     for f in [
         "private-dirty.img",
@@ -1070,24 +1153,6 @@ fn start_with_its_netvm_chain() {
         "0\0"
     );
     env.events_after(&mut seen);
-    // Firewall rules this build cannot apply: refused before anything starts.
-    std::fs::write(a1.join("firewall.xml"), "<firewall version=\"2\"/>").unwrap();
-    let r = call("admin.vm.Start+", "a1", b"");
-    let why = format!(
-        "{} holds firewall rules, which this build cannot apply yet; the qube was not started",
-        a1.join("firewall.xml").display()
-    );
-    assert_eq!(r, format!("2\0QubesException\0\0{why}\0"));
-    assert_eq!(
-        env.events_after(&mut seen),
-        [
-            "a1|domain-pre-start|start_guid=True,mem_required=None".to_string(),
-            format!("a1|domain-start-failed|reason={why}")
-        ]
-    );
-    assert_eq!(running("a1"), "shut off");
-    assert!(!a1.join("root-dirty.img").exists());
-    std::fs::remove_file(a1.join("firewall.xml")).unwrap();
     // Stopped while the helper was down: found when it starts again.
     env.stop_helper();
     env.virsh(&["destroy", "net1"]);

@@ -8,13 +8,16 @@
 //! | [`vm_list`] | `admin.vm.List` |
 //! | [`vm_create`] | `admin.vm.Create.*`, `admin.vm.CreateInPool.*`, `admin.vm.CreateDisposable` |
 //! | [`vm_remove`] | `admin.vm.Remove` |
-//! | [`vm_lifecycle`] | `admin.vm.Pause`, `Unpause`, `Kill` |
+//! | [`vm_lifecycle`] | `admin.vm.Start`, `Shutdown`, `Kill`, `Pause`, `Unpause`, `Suspend`, `Resume` |
+//! | [`events`] | `admin.Events` |
+//! | [`vm_stats`] | `admin.vm.Stats` |
 //! | [`vm_state`] | `admin.vm.CurrentState` |
 //! | [`label`] | `admin.label.*` |
 //! | [`property`] | `admin.property.*` and `admin.vm.property.*` (one set of handlers, two holders) |
 //! | [`vm_feature`] | `admin.vm.feature.*` |
 //! | [`vm_tag`] | `admin.vm.tag.*` |
 //! | [`vm_notes`] | `admin.vm.notes.*` |
+//! | [`vm_firewall`] | `admin.vm.firewall.*` |
 //! | [`pool`] | `admin.pool.*`, `admin.pool.volume.List` |
 //! | [`vm_volume`] | `admin.vm.volume.*` |
 //!
@@ -29,6 +32,7 @@ pub mod pool;
 pub mod property;
 pub mod vm_create;
 pub mod vm_feature;
+pub mod vm_firewall;
 pub mod vm_lifecycle;
 pub mod vm_list;
 pub mod vm_notes;

@@ -6,8 +6,8 @@
 
 use super::property::{OfQubes, OfVm};
 use super::{
-    events, label, pool, property, vm_create, vm_feature, vm_lifecycle, vm_list, vm_notes,
-    vm_remove, vm_state, vm_stats, vm_tag, vm_volume, vmclass,
+    events, label, pool, property, vm_create, vm_feature, vm_firewall, vm_lifecycle, vm_list,
+    vm_notes, vm_remove, vm_state, vm_stats, vm_tag, vm_volume, vmclass,
 };
 use crate::error::ApiError;
 use crate::model::context::Ctx;
@@ -180,6 +180,9 @@ pub static METHODS: &[Method] = &[
     m("admin.vm.tag.Remove",                          Any,        Required,  Forbidden, Local,  Write, vm_tag::remove),
     m("admin.vm.notes.Get",                           NotAdminVm, Forbidden, Forbidden, Local,  Read,  vm_notes::get),
     m("admin.vm.notes.Set",                           NotAdminVm, Forbidden, Required,  Local,  Write, vm_notes::set),
+    m("admin.vm.firewall.Get",                        NotAdminVm, Forbidden, Forbidden, Local,  Read,  vm_firewall::get),
+    m("admin.vm.firewall.Set",                        NotAdminVm, Forbidden, Required,  Local,  Execute, vm_firewall::set),
+    m("admin.vm.firewall.Reload",                     NotAdminVm, Forbidden, Forbidden, Local,  Execute, vm_firewall::reload),
 ];
 
 /// `docs/methods.md`: the table as Markdown (regenerate with `qubes-admin-call methods --markdown`).
@@ -376,7 +379,6 @@ mod tests {
                     )
                     || n.starts_with("admin.vm.device")
                     || n.starts_with("admin.deviceclass.")
-                    || n.starts_with("admin.vm.firewall.")
                     || n.starts_with("admin.backup.")
                     || *n == "admin.vm.Console"
             })

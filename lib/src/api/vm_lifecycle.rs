@@ -354,7 +354,7 @@ fn spawn(
     let xml = spec.to_xml(flavour);
     let services = dom0::for_config(&ctx.config.run_dir, &ctx.config.dom0);
     let net_ops = match netvm {
-        Some(_) => qubesdb::netvm_entries(ctx, id, &st.dir).map_err(early)?,
+        Some(_) => qubesdb::client_entries(ctx, id, None).map_err(early)?,
         None => Vec::new(),
     };
     let grant = services
@@ -388,6 +388,12 @@ fn spawn(
     let mut db = services.start_qubesdb(xid, name).map_err(ApiError::from)?;
     let entries = qubesdb::qube_entries(ctx, id, &qubesdb::random_seed()?)?;
     qubesdb::apply(db.as_mut(), &entries)?;
+    // A netvm that starts with clients running (it was restarted) gets their entries again.
+    if defaults::vm_prop(ctx, id, "provides_network", 0).is_ok_and(|v| v.truthy()) {
+        for client in qubesdb::running_clients(ctx, id)? {
+            qubesdb::apply(db.as_mut(), &qubesdb::client_entries(ctx, client, None)?)?;
+        }
+    }
     ctx.emit(name, "domain-qdb-create", &[]);
     ctx.emit(name, "domain-pre-unpaused", &[]);
     ctx.hypervisor()

@@ -1,8 +1,7 @@
 //! admin.vm.notes.* (`core.md` §3.15): `<vm dir>/notes.txt`, not part of qubes.xml.
 
-use std::fs::{self, DirBuilder, File};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::ApiError;
@@ -73,7 +72,7 @@ pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     let notes = notes_sanitize::sanitise(&ctx.payload)
         .map_err(|e| ApiError::protocol(format!("Unable to sanitise qube notes: {e}")))?;
     let path = dir.join("notes.txt");
-    write_atomically(&dir, &path, notes.as_bytes()).map_err(|e| {
+    crate::store::write_file_atomically(&path, notes.as_bytes(), None).map_err(|e| {
         ApiError::qubes(format!(
             "Failed to write notes file: {}",
             os_error(&e, &path)
@@ -82,34 +81,12 @@ pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     Ok(Vec::new())
 }
 
-/// Temp file in the same directory, fsync, rename over `path`, fsync the directory. Creates the
-/// directory (mode 0775) if missing; keeps the mode of an existing file.
-fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o775).create(dir)?;
-    let mode = fs::metadata(path)
-        .ok()
-        .map(|m| m.permissions().mode() & 0o7777);
-    let (tmp, mut f) =
-        crate::store::create_temp_file(dir, std::ffi::OsStr::new(".notes.txt~"), 0o666)?;
-    let result = (|| {
-        if let Some(m) = mode {
-            f.set_permissions(fs::Permissions::from_mode(m))?;
-        }
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use std::fs::DirBuilder;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
     #[test]
     fn newlines_and_errors() {
@@ -126,13 +103,13 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("appvms/work");
         let path = dir.join("notes.txt");
-        write_atomically(&dir, &path, b"one").unwrap();
+        crate::store::write_file_atomically(&path, b"one", None).unwrap();
         assert_eq!(
             fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
             0o775 & !umask()
         );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        write_atomically(&dir, &path, b"two").unwrap();
+        crate::store::write_file_atomically(&path, b"two", None).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,

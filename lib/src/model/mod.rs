@@ -3,6 +3,7 @@
 //!
 //! * [`context`]: the call context every handler and engine takes.
 //! * [`props`]: the property engine (tables, defaults, setters, rendering).
+//! * [`firewall`]: a qube's firewall rules (`firewall.xml`, their API and QubesDB forms).
 //! * [`features`]: recursive feature lookups along the template/netvm chains.
 //! * [`labels`]: label lookup and legacy `label-N` references.
 //! * [`lifecycle`]: the per-qube operation lock, live state, stop processing.
@@ -15,6 +16,7 @@
 
 pub mod context;
 pub mod features;
+pub mod firewall;
 pub mod labels;
 pub mod lifecycle;
 pub mod new_qube;

@@ -5,7 +5,9 @@
 
 use crate::error::ApiError;
 use crate::model::context::Ctx;
+use crate::model::firewall;
 use crate::model::props::{defaults, value::Val};
+use crate::model::volumes;
 use crate::runtime::dom0::QubesDb;
 use crate::store::DomId;
 
@@ -192,23 +194,17 @@ pub fn qube_entries(ctx: &Ctx<'_>, id: DomId, seed: &[u8]) -> Result<Vec<QdbOp>,
     Ok(ops)
 }
 
-/// What the netvm's QubesDB gets for a client about to start: its visible addresses
-/// (`/mapped-ip/<ip>/…`) and its firewall (§C.6: the subtree replaced, `policy` drop, one
-/// entry per rule, then the empty `/qubes-firewall/<ip>` that tells the firewall to reload).
-/// Only the default rule list (`action=accept`) is known to this build: a qube with a
-/// `firewall.xml` of its own is refused, rather than started with rules other than its own.
-pub fn netvm_entries(
+/// What the netvm's QubesDB holds for client `client`: its visible addresses
+/// (`/mapped-ip/<ip>/…`) and its firewall rules, for its IPv4 and (if it has one) IPv6 address
+/// (`storage-devices-backup.md` §C.6). Written when the client is about to be spawned, when its
+/// firewall changes, and when the netvm itself starts with clients running. `rules`: the list
+/// just set (it may hold rules that expired before they were saved, which still take their
+/// index, as in the reference); `None`: the client's `firewall.xml`.
+pub fn client_entries(
     ctx: &Ctx<'_>,
     client: DomId,
-    dir: &std::path::Path,
+    rules: Option<&[firewall::Rule]>,
 ) -> Result<Vec<QdbOp>, ApiError> {
-    let fw = dir.join("firewall.xml");
-    if fw.exists() {
-        return Err(ApiError::qubes(format!(
-            "{} holds firewall rules, which this build cannot apply yet; the qube was not started",
-            fw.display()
-        )));
-    }
     let mut ops = Vec::new();
     let Some(ip) = text(ctx, client, "ip") else {
         return Ok(ops);
@@ -223,16 +219,34 @@ pub fn netvm_entries(
             None => ops.push(QdbOp::Rm(format!("{base}/{key}"))),
         }
     }
-    let mut addrs = vec![ip];
-    addrs.extend(text(ctx, client, "ip6"));
-    for addr in addrs {
-        let base = format!("/qubes-firewall/{addr}");
-        ops.push(QdbOp::Rm(format!("{base}/")));
-        ops.push(w(format!("{base}/policy"), "drop"));
-        ops.push(w(format!("{base}/0000"), "action=accept"));
-        ops.push(w(base, ""));
+    let loaded;
+    let rules = match rules {
+        Some(r) => r,
+        None => {
+            loaded = firewall::load(&volumes::vm_dir(ctx, client))?;
+            &loaded
+        }
+    };
+    let now = firewall::now();
+    ops.extend(firewall::qdb_ops(rules, &ip, false, now));
+    if let Some(ip6) = text(ctx, client, "ip6") {
+        ops.extend(firewall::qdb_ops(rules, &ip6, true, now));
     }
     Ok(ops)
+}
+
+/// The qubes that use `netvm` as their netvm and run (per the call's runtime listing).
+pub fn running_clients(ctx: &Ctx<'_>, netvm: DomId) -> Result<Vec<DomId>, ApiError> {
+    let mut out = Vec::new();
+    for id in ctx.doc().domains() {
+        if id != netvm
+            && defaults::netvm_of(ctx, id, 0) == Some(netvm)
+            && defaults::is_running(ctx, id)?
+        {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 /// dom0's time zone, as the reference finds it: the target of the `/etc/localtime` link after

@@ -367,5 +367,39 @@ pub(crate) fn create_temp_file(
     Err(last.unwrap_or_else(|| std::io::Error::other("cannot create a temp file")))
 }
 
+/// Replaces `path` crash-safely with `data` (a file beside qubes.xml's: notes, firewall): temp
+/// file in the same directory, fsync, rename, fsync the directory. Creates the directory (mode
+/// 0775) if missing. The file gets `mode`, or keeps the mode of the file it replaces (a new one:
+/// 0666 before umask).
+pub fn write_file_atomically(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o775)
+        .create(dir)?;
+    let keep = std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777);
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push("~");
+    let (tmp, mut f) = create_temp_file(dir, &prefix, 0o666)?;
+    let result = (|| {
+        if let Some(m) = mode.or(keep) {
+            f.set_permissions(std::fs::Permissions::from_mode(m))?;
+        }
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,63 @@
+//! admin.vm.firewall.Get, Set and Reload (`storage-devices-backup.md` §C.5): the rules live in
+//! `<qube dir>/firewall.xml`, not in qubes.xml; a change reaches the netvm's QubesDB at once
+//! when the qube and its netvm run (`firewall-changed`, §C.6).
+
+use crate::error::ApiError;
+use crate::model::context::Ctx;
+use crate::model::firewall;
+use crate::model::lifecycle::{is_active, live_domain};
+use crate::model::props::defaults;
+use crate::model::{qubesdb, volumes};
+use crate::runtime::dom0;
+
+/// `admin.vm.firewall.Get`: the API form of each rule that has not expired, one per line
+/// (no file: `action=accept`).
+pub fn get(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    let rules = firewall::load(&volumes::vm_dir(ctx, ctx.dest))?;
+    let now = firewall::now();
+    let mut out = String::new();
+    for r in rules.iter().filter(|r| !r.expired(now)) {
+        out.push_str(&r.api_form());
+        out.push('\n');
+    }
+    Ok(out.into_bytes())
+}
+
+/// `admin.vm.firewall.Set`: the whole list replaced by the payload's lines (every line must
+/// parse, or nothing changes), saved, then `firewall-changed`.
+pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    let text = std::str::from_utf8(&ctx.payload)
+        .ok()
+        .filter(|t| t.is_ascii())
+        .ok_or_else(|| ApiError::protocol("Rules contains non-ASCII characters"))?;
+    let rules = firewall::splitlines(text)
+        .into_iter()
+        .map(firewall::parse_api_line)
+        .collect::<Result<Vec<_>, _>>()?;
+    firewall::save(&volumes::vm_dir(ctx, ctx.dest), &rules, firewall::now())?;
+    changed(ctx, Some(&rules))?;
+    Ok(Vec::new())
+}
+
+/// `admin.vm.firewall.Reload`: `firewall-changed` (the netvm's QubesDB written again).
+pub fn reload(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
+    changed(ctx, None)?;
+    Ok(Vec::new())
+}
+
+/// `firewall-changed` on the destination, and its handler: if the qube runs and has a running
+/// netvm (not dom0), the netvm's QubesDB gets the qube's rules (`rules`, or its file's).
+fn changed(ctx: &mut Ctx<'_>, rules: Option<&[firewall::Rule]>) -> Result<(), ApiError> {
+    let id = ctx.dest;
+    let name = ctx.dest_name().to_string();
+    ctx.emit(&name, "firewall-changed", &[]);
+    let Some(netvm) = defaults::netvm_of(ctx, id, 0).filter(|n| !ctx.doc().is_admin(*n)) else {
+        return Ok(());
+    };
+    if !is_active(live_domain(ctx, id)?.as_ref()) || !is_active(live_domain(ctx, netvm)?.as_ref()) {
+        return Ok(());
+    }
+    let services = dom0::for_config(&ctx.config.run_dir, &ctx.config.dom0);
+    let mut db = services.qubesdb(ctx.doc().name(netvm))?;
+    qubesdb::apply(db.as_mut(), &qubesdb::client_entries(ctx, id, rules)?)
+}

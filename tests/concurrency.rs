@@ -1639,6 +1639,7 @@ fn in_process_reader_sees_every_external_write() {
         libvirt_uri: sys.sb.libvirt_uri(),
         run_dir: sys.sb.run_dir(),
         policy_dir: sys.sb.policy_dir(),
+        policy_compat_dir: sys.sb.policy_dir().join("compat"),
         lock_timeout: Duration::from_secs(10),
         dom0: qubes_admin::config::Dom0Config::for_uri(&sys.sb.libvirt_uri()),
     });

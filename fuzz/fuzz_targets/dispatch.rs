@@ -89,6 +89,7 @@ impl Env {
             libvirt_uri: "test:///default".to_string(),
             run_dir: root.join("run"),
             policy_dir: root.join("policy.d"),
+            policy_compat_dir: root.join("policy-compat"),
             lock_timeout: Duration::from_millis(200),
             // Never the real qmemman/QubesDB/qrexec, whatever a fuzzed call asks for.
             dom0: qubes_admin::config::Dom0Config::for_uri("test:///default"),

@@ -20,6 +20,8 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// `QUBES_POLICY_DIR`, default `/etc/qubes/policy.d`.
     pub policy_dir: PathBuf,
+    /// `QUBES_POLICY_COMPAT_DIR`, default `/etc/qubes-rpc/policy`: what `!compat-4.0` reads.
+    pub policy_compat_dir: PathBuf,
     /// How long a writer waits for the qubes.xml lock before answering "busy"
     /// (`QUBES_LOCK_TIMEOUT_MS`, default 10 s).
     pub lock_timeout: Duration,
@@ -75,6 +77,7 @@ impl Default for Config {
             libvirt_uri: "xen:///".to_string(),
             run_dir: PathBuf::from("/run/qubes"),
             policy_dir: PathBuf::from("/etc/qubes/policy.d"),
+            policy_compat_dir: PathBuf::from("/etc/qubes-rpc/policy"),
             lock_timeout: Duration::from_secs(10),
             dom0: Dom0Config::for_uri("xen:///"),
         }
@@ -105,6 +108,9 @@ impl Config {
         }
         if let Some(v) = nonempty("QUBES_POLICY_DIR") {
             c.policy_dir = v.into();
+        }
+        if let Some(v) = nonempty("QUBES_POLICY_COMPAT_DIR") {
+            c.policy_compat_dir = v.into();
         }
         if let Some(ms) = nonempty("QUBES_LOCK_TIMEOUT_MS")
             .and_then(|v| v.to_str().and_then(|s| s.parse::<u64>().ok()))

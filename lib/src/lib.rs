@@ -25,7 +25,7 @@
 //! | entry | this file ([`System`]), [`sandbox`] |
 //! | api | [`api`]: the dispatch table, request resolution, one module per API family |
 //! | model | [`model`]: the call context and the engines the families share |
-//! | state | [`store`] (qubes.xml), [`storage`] (pools, volumes, drivers), [`events`] (the event log), [`runtime`] (libvirt, the helper) |
+//! | state | [`store`] (qubes.xml), [`storage`] (pools, volumes, drivers), [`events`] (the event log), [`runtime`] (libvirt, the helper, the dom0 services), [`policy`] (the qrexec policy) |
 //! | wire | [`wire`]: framing, VM-reference syntax, name validators, Python rules |
 //!
 //! [`error`], [`config`] and [`ffi`] serve every layer.
@@ -36,6 +36,7 @@ pub mod error;
 pub mod events;
 pub mod ffi;
 pub mod model;
+pub mod policy;
 pub mod runtime;
 pub mod sandbox;
 pub mod storage;

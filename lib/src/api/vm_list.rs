@@ -5,28 +5,10 @@
 //! queried only when a listed qube can be anything but `Running`.
 
 use crate::error::ApiError;
+use crate::model::access;
 use crate::model::context::Ctx;
 use crate::model::power_state::{always_running, vm_power_state, vm_uuid};
 use crate::store::DomId;
-
-/// Which of `candidates` the caller may see.
-///
-/// PENDING the qrexec policy issue: the reference keeps a qube for a non-AdminVM caller only if
-/// policy evaluation of `admin.vm.List` (argument `+`, target = that qube) says allow. Until the
-/// policy engine lands, an AdminVM caller sees everything and any other caller sees only an
-/// explicitly named destination that is not dom0 (i.e. a listing of dom0 is empty for it).
-fn visible(ctx: &Ctx<'_>, candidates: Vec<DomId>) -> Vec<DomId> {
-    if ctx.src_is_admin() {
-        return candidates;
-    }
-    if ctx.dest_is_admin() {
-        return Vec::new();
-    }
-    candidates
-        .into_iter()
-        .filter(|id| *id == ctx.dest)
-        .collect()
-}
 
 /// The reference's order: the AdminVM first, then by name (plain code-point order).
 fn sort_key<'d>(ctx: &'d Ctx<'_>, id: DomId) -> (bool, &'d [u8]) {
@@ -40,7 +22,8 @@ pub fn list(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     } else {
         vec![ctx.dest]
     };
-    let mut ids = visible(ctx, candidates);
+    // A caller other than dom0 sees what the qrexec policy lets it list (§3.4).
+    let mut ids = access::visible(ctx, "admin.vm.List", candidates)?;
     ids.sort_by(|a, b| sort_key(ctx, *a).cmp(&sort_key(ctx, *b)));
 
     let doc = ctx.doc();
@@ -104,9 +87,20 @@ mod tests {
         src: &str,
         dest: &str,
     ) -> Vec<u8> {
+        // The policy: vm0001 may list itself and the qubes tagged `listable` (none in this
+        // fixture), nothing else.
+        let policy = run.join("etc-policy.d");
+        std::fs::create_dir_all(&policy).unwrap();
+        std::fs::write(
+            policy.join("30-test.policy"),
+            "admin.vm.List * vm0001 vm0001 allow target=dom0\n\
+             admin.vm.List * vm0001 @tag:listable allow target=dom0\n",
+        )
+        .unwrap();
         let config = Config {
             xml_path: FIXTURE.into(),
             run_dir: run.to_path_buf(),
+            policy_dir: policy,
             ..Config::default()
         };
         let mut sys = System::with_hypervisor(config, hv);
@@ -200,7 +194,7 @@ mod tests {
         assert_eq!(state("vm0003"), "state=Halted");
         assert_eq!(state("vm0004"), "state=Halted");
 
-        // One qube; and the placeholder filter for non-dom0 callers.
+        // One qube; and the policy's filter for a caller other than dom0.
         let one = call(
             Box::new(Fixed {
                 runtime: rt.clone(),
@@ -224,10 +218,21 @@ mod tests {
         assert_eq!(own, one);
         assert_eq!(
             call(
-                Box::new(Fixed { runtime: rt }),
+                Box::new(Fixed {
+                    runtime: rt.clone()
+                }),
                 run.path(),
                 "vm0001",
                 "dom0"
+            ),
+            one
+        );
+        assert_eq!(
+            call(
+                Box::new(Fixed { runtime: rt }),
+                run.path(),
+                "vm0002",
+                "vm0001"
             ),
             b"0\0"
         );
@@ -246,7 +251,14 @@ mod tests {
             out,
             b"2\0QubesException\0\0hypervisor unavailable: libvirt is down\0"
         );
-        // A non-dom0 caller listing dom0 sees nothing, so nothing is queried.
-        assert_eq!(call(down(), run.path(), "vm0001", "dom0"), b"0\0");
+        // A caller the policy shows nothing: nothing is queried.
+        assert_eq!(call(down(), run.path(), "vm0002", "dom0"), b"0\0");
+        // A policy that does not load: a clear refusal, not an empty list.
+        std::fs::write(run.path().join("etc-policy.d/10-bad.policy"), "garbage\n").unwrap();
+        let out = String::from_utf8(call(down(), run.path(), "vm0002", "dom0")).unwrap();
+        assert!(
+            out.starts_with("2\0PermissionDenied\0\0the qrexec policy could not be loaded"),
+            "{out}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The model layer: what the API families share. Below the api layer (it never sees the
 //! dispatch table), above the store and the runtime backends it reads.
 //!
+//! * [`access`]: what a caller other than dom0 may see, by the qrexec policy.
 //! * [`context`]: the call context every handler and engine takes.
 //! * [`props`]: the property engine (tables, defaults, setters, rendering).
 //! * [`firewall`]: a qube's firewall rules (`firewall.xml`, their API and QubesDB forms).
@@ -14,6 +15,7 @@
 //! * [`tags`]: tag additions with their handlers.
 //! * [`volumes`]: a qube's volumes, the defaults of a new qube, Create and Remove on disk.
 
+pub mod access;
 pub mod context;
 pub mod features;
 pub mod firewall;

@@ -46,6 +46,7 @@ pub fn config_for(dir: &Path) -> Config {
         libvirt_uri: "test:///default".to_string(),
         run_dir: dir.join("run"),
         policy_dir: dir.join("etc/policy.d"),
+        policy_compat_dir: dir.join("etc/qubes-rpc/policy"),
         dom0: crate::config::Dom0Config::for_uri("test:///default"),
         ..Config::default()
     }
@@ -60,6 +61,10 @@ pub fn env_lines(c: &Config) -> String {
         ("QUBES_LIBVIRT_URI", c.libvirt_uri.as_str().into()),
         ("QUBES_RUN_DIR", c.run_dir.to_string_lossy()),
         ("QUBES_POLICY_DIR", c.policy_dir.to_string_lossy()),
+        (
+            "QUBES_POLICY_COMPAT_DIR",
+            c.policy_compat_dir.to_string_lossy(),
+        ),
         // No qmemman, QubesDB or qrexec here, whatever the URI.
         ("QUBES_DOM0_SERVICES", "sandbox".into()),
     ];

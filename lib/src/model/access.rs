@@ -1,0 +1,95 @@
+//! What a caller other than dom0 may see, decided by the qrexec policy as qubesd's filters
+//! decide it (`qrexec-and-policy.md` §3.4): the policy loaded per call (so it is never stale),
+//! the system as the policy daemon sees it (`internal.GetSystemInfo`'s fields), and one
+//! evaluation per qube. dom0 is never filtered.
+
+use crate::error::ApiError;
+use crate::model::context::Ctx;
+use crate::model::props::{defaults, value::Val};
+use crate::policy::{self, DomainInfo, Request, Rule, SystemInfo};
+use crate::store::DomId;
+
+/// Where the policy is read: `<run_dir>/policy.d` (qrexec 4.3's runtime directory, when it
+/// exists), then `QUBES_POLICY_DIR`; `!compat-4.0` reads `QUBES_POLICY_COMPAT_DIR`.
+pub fn sources(config: &crate::Config) -> policy::Sources {
+    let runtime = config.run_dir.join("policy.d");
+    let mut dirs = Vec::new();
+    if runtime.is_dir() {
+        dirs.push(runtime);
+    }
+    dirs.push(config.policy_dir.clone());
+    policy::Sources {
+        dirs,
+        compat_dir: config.policy_compat_dir.clone(),
+    }
+}
+
+/// The policy, or a clear error where the reference drops the connection (a policy that does
+/// not load denies everything).
+pub fn load_rules(ctx: &Ctx<'_>) -> Result<Vec<Rule>, ApiError> {
+    policy::load(&sources(ctx.config)).map_err(|e| {
+        ApiError::new(
+            crate::error::ExcType::PermissionDenied,
+            format!("the qrexec policy could not be loaded, so nothing is shown: {e}"),
+        )
+    })
+}
+
+/// Every qube as the policy sees it.
+pub fn domains(ctx: &Ctx<'_>) -> Result<Vec<DomainInfo>, ApiError> {
+    let doc = ctx.doc();
+    let mut out = Vec::new();
+    for id in doc.domains() {
+        let data = doc.data(id)?;
+        let default_dispvm = match defaults::vm_prop(ctx, id, "default_dispvm", 0) {
+            Ok(Val::Vm(n)) => Some(n),
+            _ => None,
+        };
+        out.push(DomainInfo {
+            name: doc.name(id).to_string(),
+            uuid: doc.uuid(id).unwrap_or_default().to_string(),
+            class: doc.class(id).to_string(),
+            tags: data.tags().into_iter().map(str::to_string).collect(),
+            template_for_dispvms: defaults::vm_prop(ctx, id, "template_for_dispvms", 0)
+                .is_ok_and(|v| v.truthy()),
+            default_dispvm,
+            internal: data.feature("internal").is_some_and(|v| !v.is_empty()),
+        });
+    }
+    Ok(out)
+}
+
+/// Which of `candidates` the caller may see through `service` (`admin.vm.List`): those for
+/// which the policy's verdict on (service, `+`, caller, qube) is an allow.
+pub fn visible(
+    ctx: &Ctx<'_>,
+    service: &str,
+    candidates: Vec<DomId>,
+) -> Result<Vec<DomId>, ApiError> {
+    if ctx.src_is_admin() {
+        return Ok(candidates);
+    }
+    let rules = load_rules(ctx)?;
+    let running = |name: &str| {
+        ctx.doc()
+            .domain_by_name(name)
+            .is_some_and(|id| defaults::is_running(ctx, id).unwrap_or(false))
+    };
+    let sys = SystemInfo {
+        domains: domains(ctx)?,
+        is_running: &running,
+    };
+    let source = ctx.doc().name(ctx.src).to_string();
+    Ok(candidates
+        .into_iter()
+        .filter(|id| {
+            let req = Request {
+                service: service.to_string(),
+                argument: "+".to_string(),
+                source: source.clone(),
+                target: ctx.doc().name(*id).to_string(),
+            };
+            policy::evaluate(&rules, &req, &sys).is_allow()
+        })
+        .collect())
+}

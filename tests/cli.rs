@@ -153,6 +153,16 @@ fn exec_service_mode_never_reads_argv_as_options() {
         b"",
     );
     assert_eq!(out.stdout, b"2\0ProtocolError\0\0unexpected argument\0");
+    // And `qrexec` (the local-qrexec tool's word) with a forged source/target/service.
+    let mut c = sb.command();
+    c.env("QREXEC_SERVICE_FULL_NAME", "admin.vm.List+qrexec")
+        .env("QREXEC_REMOTE_DOMAIN", "vm0001")
+        .env("QREXEC_REQUESTED_TARGET_TYPE", "keyword")
+        .env("QREXEC_REQUESTED_TARGET_KEYWORD", "adminvm")
+        .args(["qrexec", "dom0", "@adminvm", "admin.vm.tag.Set+x"]);
+    let out = run(c, b"");
+    assert_eq!(out.stdout, b"2\0ProtocolError\0\0unexpected argument\0");
+    assert_eq!(file_bytes(&sb.xml()), before);
 }
 
 #[test]
@@ -323,4 +333,93 @@ fn nothing_starts_before_the_callers_eof() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.stdout, b"0\0");
     assert_ne!(file_bytes(&sb.xml()), before);
+}
+
+/// `qrexec SOURCE TARGET SERVICE[+ARG]`: the policy decides as qrexec's would (exit 126 and a
+/// reason on a refusal, an ask, or a target other than dom0), then the call runs in
+/// exec-service mode as from SOURCE, its replies filtered by the same policy.
+#[test]
+fn local_qrexec_applies_the_policy() {
+    let sb = Sandbox::new();
+    let policy = sb.dir.path().join("policy.d");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(
+        policy.join("30-mgmt.policy"),
+        "admin.vm.List * vm0003 @adminvm allow target=dom0\n\
+         admin.vm.List * vm0003 @tag:managed allow target=dom0\n\
+         admin.vm.tag.Set * vm0003 @tag:managed allow target=dom0\n\
+         admin.vm.feature.Get * vm0003 @anyvm ask default_target=dom0\n\
+         admin.vm.property.Get * vm0003 @anyvm allow\n",
+    )
+    .unwrap();
+    let qrexec = |src: &str, target: &str, service: &str, stdin: &[u8]| {
+        let mut c = sb.command();
+        c.env("QUBES_POLICY_DIR", &policy)
+            .args(["qrexec", src, target, service]);
+        run(c, stdin)
+    };
+    let mut tag = sb.command();
+    tag.args(["call", "admin.vm.tag.Set+managed", "vm0001"]);
+    assert!(run(tag, b"").status.success());
+
+    // A management qube lists exactly what its policy shows it.
+    let out = qrexec("vm0003", "@adminvm", "admin.vm.List", b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let names: Vec<&str> = text
+        .trim_start_matches("0\0")
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(names, ["dom0", "vm0001"]);
+    let out = qrexec("vm0003", "vm0001", "admin.vm.List", b"");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("0\0vm0001 class=AppVM "));
+    // Refused: another qube; a call with no rule; an ask; an allow without target=dom0.
+    for (target, service, why) in [
+        ("vm0002", "admin.vm.List", "no matching rule found"),
+        ("vm0001", "admin.vm.Start", "no matching rule found"),
+        (
+            "vm0001",
+            "admin.vm.feature.Get+x",
+            "the policy asks the user",
+        ),
+        (
+            "vm0001",
+            "admin.vm.property.Get+label",
+            "allowed to vm0001, but only dom0's services run here",
+        ),
+    ] {
+        let out = qrexec("vm0003", target, service, b"");
+        assert_eq!(out.status.code(), Some(126), "{service} {target}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("request refused") && err.contains(why),
+            "{err}"
+        );
+    }
+    // Allowed by the policy, still refused by the API: the protected tags.
+    let out = qrexec(
+        "vm0003",
+        "vm0001",
+        "admin.vm.tag.Set+created-by-vm0003",
+        b"",
+    );
+    assert!(out.status.success());
+    assert!(
+        out.stdout.starts_with(b"2\0PermissionDenied\0"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = qrexec("vm0003", "vm0001", "admin.vm.tag.Set+ok", b"");
+    assert_eq!(out.stdout, b"0\0");
+    // A policy that does not load refuses everything.
+    std::fs::write(policy.join("10-broken.policy"), "admin.vm.List * vm0003\n").unwrap();
+    let out = qrexec("vm0003", "@adminvm", "admin.vm.List", b"");
+    assert_eq!(out.status.code(), Some(126));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("policy syntax error"));
 }

@@ -41,6 +41,13 @@ fn each_subscription_gets_the_frames_of_its_destination() {
     let sb = Sandbox::new_rebased("gen10", "/work/oracle-run/gen10/varlib");
     let mut all = Subscriber::new(&sb, "dom0", "dom0");
     let mut one = Subscriber::new(&sb, "dom0", "vm0001");
+    // vm0003's policy: every event of vm0001, and one kind of system event.
+    std::fs::write(
+        sb.policy_dir().join("30-events.policy"),
+        "admin.Events * vm0003 vm0001 allow target=dom0\n\
+         admin.Events +property-set_default_netvm vm0003 @adminvm allow target=dom0\n",
+    )
+    .unwrap();
     let mut other = Subscriber::new(&sb, "vm0003", "dom0");
     let start = last_seq(&sb);
 
@@ -99,11 +106,21 @@ fn each_subscription_gets_the_frames_of_its_destination() {
         .iter()
         .skip(1)
         .all(|f| f.starts_with(b"1\0vm0001\0")));
-    // A caller other than dom0 sees nothing of the system until the policy filter exists.
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(other.frames(), [CONN.to_vec()]);
+    // A caller other than dom0 gets what its policy allows, event by event.
+    let want_other: Vec<Vec<u8>> = frames(&|s| s == "vm0001" || s.is_empty())
+        .into_iter()
+        .filter(|f| {
+            f == CONN
+                || !f.starts_with(b"1\0\0")
+                || f.starts_with(b"1\0\0property-set:default_netvm\0")
+        })
+        .collect();
+    assert!(want_other.len() >= 9, "{}", want_other.len());
+    assert_eq!(other.wait_for(want_other.len()), want_other);
     // Nothing more arrives, and nothing twice.
+    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(all.frames(), want_all);
+    assert_eq!(other.frames(), want_other);
 }
 
 #[test]

@@ -251,6 +251,35 @@ impl System {
         cached_document(&mut self.cache, &self.config.xml_path)
     }
 
+    /// The qrexec policy's verdict on `req`, evaluated on the current qubes.xml and runtime
+    /// as the policy daemon would (the local-qrexec tool; nothing is executed).
+    pub fn policy_verdict(&mut self, req: &policy::Request) -> Result<policy::Verdict, ApiError> {
+        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
+        let dom0 = doc
+            .domain_by_name("dom0")
+            .ok_or_else(|| ApiError::vm_not_found("dom0"))?;
+        let call = Call {
+            method: "qrexec-policy",
+            src: dom0,
+            dest: dom0,
+            arg: String::new(),
+            payload: Vec::new(),
+        };
+        let ctx = Ctx::new(&self.config, call, DocRef::Read(doc), self.hv.as_ref());
+        let rules = model::access::load_rules(&ctx)?;
+        let domains = model::access::domains(&ctx)?;
+        let running = |name: &str| {
+            ctx.doc()
+                .domain_by_name(name)
+                .is_some_and(|id| model::props::defaults::is_running(&ctx, id).unwrap_or(false))
+        };
+        let sys = policy::SystemInfo {
+            domains: &domains,
+            is_running: &running,
+        };
+        Ok(policy::evaluate(&rules, req, &sys))
+    }
+
     /// A property of qube `vm` (by name), or of the global object when `vm` is `None`, as a
     /// typed value: what `admin.vm.property.Get` / `admin.property.Get` report.
     pub fn property(

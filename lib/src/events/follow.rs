@@ -37,6 +37,12 @@ pub enum Subscription {
     Qube(String),
     /// Only `connection-established` (a caller that may see nothing).
     Nothing,
+    /// What `base` covers, each event also allowed by the caller's qrexec policy (a caller
+    /// other than dom0).
+    Filtered {
+        base: Box<Subscription>,
+        filter: Box<crate::policy::EventFilter>,
+    },
 }
 
 impl Subscription {
@@ -44,7 +50,17 @@ impl Subscription {
         if !ev.subject.is_empty() && never_forwarded(&ev.name) {
             return false;
         }
-        self.covers(&ev.subject)
+        match self {
+            Subscription::Filtered { base, filter } => {
+                let vm = ev
+                    .kwargs
+                    .iter()
+                    .find(|(k, _)| k == "vm")
+                    .map(|(_, v)| v.as_str());
+                base.wants(ev) && filter.allows(&ev.subject, &ev.name, vm)
+            }
+            _ => self.covers(&ev.subject),
+        }
     }
 
     /// Whether what happens to `subject` (a qube's name; empty: the system) is covered.
@@ -53,6 +69,7 @@ impl Subscription {
             Subscription::All => true,
             Subscription::Qube(name) => subject == name,
             Subscription::Nothing => false,
+            Subscription::Filtered { base, .. } => base.covers(subject),
         }
     }
 }

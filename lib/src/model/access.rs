@@ -59,6 +59,15 @@ pub fn domains(ctx: &Ctx<'_>) -> Result<Vec<DomainInfo>, ApiError> {
     Ok(out)
 }
 
+/// The `admin.Events` filter for the caller (who must not be dom0).
+pub fn event_filter(ctx: &Ctx<'_>) -> Result<policy::EventFilter, ApiError> {
+    Ok(policy::EventFilter {
+        rules: load_rules(ctx)?,
+        domains: domains(ctx)?,
+        source: ctx.doc().name(ctx.src).to_string(),
+    })
+}
+
 /// Which of `candidates` the caller may see through `service` (`admin.vm.List`): those for
 /// which the policy's verdict on (service, `+`, caller, qube) is an allow.
 pub fn visible(
@@ -75,8 +84,9 @@ pub fn visible(
             .domain_by_name(name)
             .is_some_and(|id| defaults::is_running(ctx, id).unwrap_or(false))
     };
+    let domains = domains(ctx)?;
     let sys = SystemInfo {
-        domains: domains(ctx)?,
+        domains: &domains,
         is_running: &running,
     };
     let source = ctx.doc().name(ctx.src).to_string();

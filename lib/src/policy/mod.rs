@@ -95,7 +95,7 @@ pub struct DomainInfo {
 /// The system a request is evaluated against. Power state is asked only when an
 /// `autostart=no` rule needs it.
 pub struct SystemInfo<'a> {
-    pub domains: Vec<DomainInfo>,
+    pub domains: &'a [DomainInfo],
     pub is_running: &'a dyn Fn(&str) -> bool,
 }
 
@@ -429,6 +429,41 @@ fn ask(
         user: rule.params.user.clone(),
         notify,
         autostart,
+    }
+}
+
+/// The per-event filter of `admin.Events` for a caller other than dom0 (§3.2): an event is
+/// sent iff the policy allows (`admin.Events`, `+<event with : as _>`, caller, the event's
+/// qube: its subject, else its `vm` argument, else `@adminvm`). The policy and the system are
+/// those of the moment the stream began; a qube created later is not in that system, so its
+/// events pass only rules that match `@default` (as `@anyvm` does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFilter {
+    pub rules: Vec<Rule>,
+    pub domains: Vec<DomainInfo>,
+    /// The caller.
+    pub source: String,
+}
+
+impl EventFilter {
+    pub fn allows(&self, subject: &str, event: &str, vm: Option<&str>) -> bool {
+        let dest = if subject.is_empty() {
+            vm.unwrap_or("@adminvm")
+        } else {
+            subject
+        };
+        // No power state in a stream: an `autostart=no` rule counts the qube as halted.
+        let sys = SystemInfo {
+            domains: &self.domains,
+            is_running: &|_| false,
+        };
+        let req = Request {
+            service: "admin.Events".to_string(),
+            argument: format!("+{}", event.replace(':', "_")),
+            source: self.source.clone(),
+            target: dest.to_string(),
+        };
+        evaluate(&self.rules, &req, &sys).is_allow()
     }
 }
 

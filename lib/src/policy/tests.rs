@@ -551,8 +551,9 @@ fn write_files(dir: &std::path::Path, block: &str) -> String {
 
 #[test]
 fn conformance_cases() {
+    let domains = system();
     let sys = SystemInfo {
-        domains: system(),
+        domains: &domains,
         is_running: &running,
     };
     let mut count = 0;
@@ -635,8 +636,9 @@ fn directories_and_compat() {
         compat_dir: compat.clone(),
     };
     let rules = load(&src).unwrap();
+    let domains = system();
     let sys = SystemInfo {
-        domains: system(),
+        domains: &domains,
         is_running: &running,
     };
     let v = |s: &str, a: &str, src_vm: &str, t: &str| {
@@ -693,4 +695,34 @@ fn directories_and_compat() {
         compat_dir: compat,
     };
     assert!(matches!(load(&missing), Err(PolicyError::Io { .. })));
+}
+
+/// The `admin.Events` filter: the argument is the event with `:` as `_`, the target the
+/// subject, else the `vm` argument, else `@adminvm`.
+#[test]
+fn event_filter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = parse_text(
+        "admin.Events * mgmt @tag:managed allow target=dom0\n\
+         admin.Events +domain-add mgmt personal allow target=dom0\n\
+         admin.Events +property-set_default_netvm mgmt @adminvm allow target=dom0\n\
+         admin.Events * mgmt @anyvm deny\n",
+        tmp.path(),
+        tmp.path(),
+    )
+    .unwrap();
+    let f = EventFilter {
+        rules,
+        domains: system(),
+        source: "mgmt".into(),
+    };
+    assert!(f.allows("work", "domain-start", None));
+    assert!(f.allows("sys-net", "property-set:netvm", None));
+    assert!(!f.allows("personal", "domain-start", None));
+    assert!(f.allows("", "domain-add", Some("personal")));
+    assert!(!f.allows("", "domain-add", Some("fedora")));
+    assert!(f.allows("", "property-set:default_netvm", None));
+    assert!(!f.allows("", "property-set:default_kernel", None));
+    // A qube unknown when the stream began is `@default`: `@anyvm` would match it, tags not.
+    assert!(!f.allows("new1", "domain-start", None));
 }

@@ -8,6 +8,8 @@
 //! * `call METHOD[+ARG] [DEST] [--src NAME]` — for humans: OK body on stdout, exception as
 //!   `Type: message` on stderr and exit status 1.
 //! * `methods` — the qrexec service names generated from the dispatch table.
+//! * `qrexec SOURCE TARGET SERVICE[+ARG]` — local qrexec for development: the call as qrexec
+//!   would run it from qube SOURCE, after the qrexec policy allowed it (exit 126 otherwise).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -21,6 +23,8 @@ const USAGE: &str = "usage:
   qubes-admin-call --socket-request        < '<method>+<arg> <src> name <dest>\\0<payload>'
   qubes-admin-call call METHOD[+ARG] [DEST] [--src NAME]   (payload on stdin unless a tty)
   qubes-admin-call methods [--markdown]    (qrexec service names, one per line; or the method table)
+  qubes-admin-call qrexec SOURCE TARGET SERVICE[+ARG]   (as qrexec would run it from qube SOURCE:
+                                           the policy decides; exit 126 when it refuses)
   qubes-admin-call sandbox DIR [URI]       (create a sandbox dom0 in DIR, libvirt at URI
                                            [default test:///default]; prints its environment)
   (as a qrexec service: QREXEC_SERVICE_FULL_NAME and friends in the environment)
@@ -68,6 +72,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(b"sandbox") if (3..=4).contains(&args.len()) => sandbox_init(args.get(2), args.get(3)),
+        Some(b"qrexec") => match args.get(2..) {
+            Some([src, target, service]) => local_qrexec(src, target, service),
+            _ => {
+                eprintln!("{USAGE}");
+                ExitCode::from(2)
+            }
+        },
         Some(b"-h" | b"--help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -195,6 +206,63 @@ fn human_call(args: &[OsString]) -> ExitCode {
         Err(e) => {
             eprintln!("{}: {}", e.ty.as_str(), e.msg);
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `qrexec SOURCE TARGET SERVICE[+ARG]`: the policy's verdict on the call (as the policy daemon
+/// gives it), then, if it allows the call to run in dom0, the call itself in exec-service mode
+/// with the environment qrexec would set. A refusal, an ask (no agent here to ask) or a target
+/// other than dom0 (the service would run in that qube) exit 126, as qrexec-client does.
+fn local_qrexec(source: &OsString, target: &OsString, service: &OsString) -> ExitCode {
+    let (source, target, full) = (
+        source.to_string_lossy().into_owned(),
+        target.to_string_lossy().into_owned(),
+        service.to_string_lossy().into_owned(),
+    );
+    let (name, arg) = full.split_once('+').unwrap_or((&full, ""));
+    let req = qubes_admin::policy::Request {
+        service: name.to_string(),
+        argument: format!("+{arg}"),
+        source: source.clone(),
+        target: target.clone(),
+    };
+    let refuse = |why: &str| {
+        eprintln!("qrexec: {full} from {source} to {target}: request refused: {why}");
+        ExitCode::from(126)
+    };
+    let mut system = System::open(Config::from_env());
+    match system.policy_verdict(&req) {
+        Err(e) => refuse(&format!("{}: {}", e.ty.as_str(), e.msg)),
+        Ok(qubes_admin::policy::Verdict::Deny { reason, .. }) => refuse(&reason),
+        Ok(qubes_admin::policy::Verdict::Ask { targets, .. }) => refuse(&format!(
+            "the policy asks the user (choices: {}); there is no agent to ask here",
+            targets.join(", ")
+        )),
+        Ok(qubes_admin::policy::Verdict::Allow { target: to, .. }) if to != "dom0" => refuse(
+            &format!("allowed to {to}, but only dom0's services run here"),
+        ),
+        Ok(qubes_admin::policy::Verdict::Allow { .. }) if source == "dom0" => {
+            refuse("a call from dom0 to dom0 is not a qrexec call")
+        }
+        Ok(qubes_admin::policy::Verdict::Allow { .. }) => {
+            let (ty, name, keyword) = match target.strip_prefix('@') {
+                Some(k) => (Some(&b"keyword"[..]), None, Some(k.as_bytes())),
+                None if target.is_empty() => (None, None, None),
+                None => (Some(&b"name"[..]), Some(target.as_bytes()), None),
+            };
+            let result = read_stdin().and_then(|payload| {
+                wire::from_exec_env(
+                    full.as_bytes(),
+                    source.as_bytes(),
+                    ty,
+                    name,
+                    keyword,
+                    payload,
+                )
+            });
+            reply(result);
+            ExitCode::SUCCESS
         }
     }
 }

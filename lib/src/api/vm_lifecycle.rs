@@ -11,7 +11,7 @@ use crate::model::lifecycle::{
     stop_processing,
 };
 use crate::model::power_state::{vm_power_state, vm_uuid, PowerState};
-use crate::model::props::{defaults, value::Val};
+use crate::model::props::defaults;
 use crate::model::qubesdb;
 use crate::model::volumes;
 use crate::runtime::dom0;
@@ -198,10 +198,7 @@ fn shutdown_running(
         other => other.into(),
     })?;
     if wait {
-        let timeout = match defaults::vm_prop(ctx, id, "shutdown_timeout", 0) {
-            Ok(Val::Int(n)) => u64::try_from(n).unwrap_or(0),
-            _ => 60,
-        };
+        let timeout = defaults::vm_u64(ctx, id, "shutdown_timeout").unwrap_or(60);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
         while is_active(live_domain(ctx, id)?.as_ref()) {
             if std::time::Instant::now() >= deadline {
@@ -400,22 +397,14 @@ fn spawn(
         .op(&uuid, Op::Resume)
         .map_err(|e| libvirt_failure(&e))?;
     ctx.emit(name, "domain-unpaused", &[]);
-    let text = |p: &str| match defaults::vm_prop(ctx, id, p, 0) {
-        Ok(v) => v.py_str(),
-        Err(_) => String::new(),
-    };
-    let timeout = match defaults::vm_prop(ctx, id, "qrexec_timeout", 0) {
-        Ok(Val::Int(n)) => u64::try_from(n).unwrap_or(60),
-        _ => 60,
-    };
     let qrexec = dom0::QrexecStart {
         xid,
         name: name.to_string(),
-        default_user: text("default_user"),
-        debug: text("debug") == "True",
+        default_user: defaults::vm_text(ctx, id, "default_user").unwrap_or_default(),
+        debug: defaults::vm_prop(ctx, id, "debug", 0).is_ok_and(|v| v.truthy()),
         wait_for_agent: defaults::feature_with_template(ctx, id, "qrexec")
             .is_some_and(|v| !v.is_empty()),
-        timeout,
+        timeout: defaults::vm_u64(ctx, id, "qrexec_timeout").unwrap_or(60),
     };
     services.start_qrexec(&qrexec).map_err(ApiError::from)?;
     crate::model::lifecycle::mark_started(ctx, id)?;

@@ -204,14 +204,8 @@ pub fn domain_spec(
     vols: &[crate::storage::VolumeConfig],
 ) -> Result<crate::runtime::domain_xml::DomainSpec, ApiError> {
     use crate::runtime::domain_xml::{Disk, DomainSpec, HvmOptions, Kernel, Net, VirtMode};
-    let int = |p: &str| match defaults::vm_prop(ctx, id, p, 0) {
-        Ok(Val::Int(n)) => u64::try_from(n).unwrap_or(0),
-        _ => 0,
-    };
-    let text = |vm: DomId, p: &str| match defaults::vm_prop(ctx, vm, p, 0) {
-        Ok(Val::None) | Err(_) => None,
-        Ok(v) => Some(v.py_str()).filter(|s| !s.is_empty()),
-    };
+    let int = |p: &str| defaults::vm_u64(ctx, id, p).unwrap_or(0);
+    let text = |vm: DomId, p: &str| defaults::vm_text(ctx, vm, p);
     let feature = |f: &str| defaults::feature_with_template(ctx, id, f);
     let memory_mib = int("memory");
     let maxmem = int("maxmem");

@@ -39,18 +39,11 @@ fn prop(ctx: &Ctx<'_>, id: DomId, name: &str) -> Val {
 }
 
 fn int(ctx: &Ctx<'_>, id: DomId, name: &str) -> u64 {
-    match prop(ctx, id, name) {
-        Val::Int(n) => u64::try_from(n).unwrap_or(0),
-        _ => 0,
-    }
+    defaults::vm_u64(ctx, id, name).unwrap_or(0)
 }
 
-/// `str(value)` of a property, `None` when the value is None or empty.
 fn text(ctx: &Ctx<'_>, id: DomId, name: &str) -> Option<String> {
-    match prop(ctx, id, name) {
-        Val::None => None,
-        v => Some(v.py_str()).filter(|s| !s.is_empty()),
-    }
+    defaults::vm_text(ctx, id, name)
 }
 
 /// The qube's DNS addresses (`dns`: primary, secondary).

@@ -79,6 +79,23 @@ pub fn vm_prop(ctx: &Ctx<'_>, id: DomId, name: &str, d: u32) -> R {
     get_d(ctx, Holder::Vm(id), def, d + 1)
 }
 
+/// A VM property as text (Python's `str()`: what QubesDB and libvirt are given); `None` when
+/// it is None, empty or unreadable.
+pub fn vm_text(ctx: &Ctx<'_>, id: DomId, name: &str) -> Option<String> {
+    match vm_prop(ctx, id, name, 0) {
+        Ok(Val::None) | Err(_) => None,
+        Ok(v) => Some(v.py_str()).filter(|s| !s.is_empty()),
+    }
+}
+
+/// A non-negative integer VM property; `None` when it is not one or unreadable.
+pub fn vm_u64(ctx: &Ctx<'_>, id: DomId, name: &str) -> Option<u64> {
+    match vm_prop(ctx, id, name, 0) {
+        Ok(Val::Int(n)) => u64::try_from(n).ok(),
+        _ => None,
+    }
+}
+
 /// Reads a global property.
 pub fn global_prop(ctx: &Ctx<'_>, name: &str) -> R {
     let Some((_, def)) = super::defs::find(super::defs::GLOBAL, name) else {

@@ -44,6 +44,6 @@ pub mod vm_volume;
 pub mod vmclass;
 
 pub use table::{
-    find, markdown, service_list, Access, DestRule, Handler, Method, Presence, Scope, METHODS,
-    REFERENCE_METHODS,
+    admin_policy, find, markdown, service_list, Access, DestRule, Handler, Method, Presence, Scope,
+    METHODS, REFERENCE_METHODS,
 };

@@ -113,7 +113,7 @@ const fn m(
 pub static METHODS: &[Method] = &[
     m("admin.vmclass.List",                           AdminVm,    Optional,  Forbidden, Global, Read,  vmclass::list),
     m("admin.vm.List",                                Any,        Forbidden, Forbidden, Global, Read,  vm_list::list),
-    m("admin.Events",                                 Any,        Forbidden, Forbidden, Local,  Stream, events::subscribe),
+    m("admin.Events",                                 Any,        Forbidden, Forbidden, Global, Stream, events::subscribe),
     m("admin.vm.Stats",                               Any,        Forbidden, Forbidden, Global, Stream, vm_stats::subscribe),
     m("admin.vm.CurrentState",                        Any,        Forbidden, Forbidden, Local,  Read,  vm_state::current_state),
     m("admin.vm.Create.AppVM",                        AdminVm,    Optional,  Optional,  Global, Write, vm_create::create),
@@ -234,6 +234,41 @@ pub fn service_list() -> String {
         .filter(|m| m.qrexec)
         .map(|m| format!("{}\n", m.name))
         .collect()
+}
+
+/// `policy/90-admin-default.policy`: one `!include-service` line per method, sending it to
+/// `include/admin-<scope>-<ro|rwx>` (rwx for calls that write or act, as the reference's
+/// generator classes them; qubes.xml's AdminVM cannot be created, so its Create rows are left
+/// out). Regenerate with `qubes-admin-call methods --policy > policy/90-admin-default.policy`.
+pub fn admin_policy() -> String {
+    let mut out = String::from(
+        "## Admin API policy: which calls each include file grants (generated from the dispatch\n\
+         ## table of qubes-admin-rs by `qubes-admin-call methods --policy`; do not edit).\n\
+         ##\n\
+         ## Grant a management qube calls by adding legacy-format lines to the include files,\n\
+         ## for example in include/admin-local-rwx:\n\
+         ##     mgmt @tag:managed allow target=dom0\n\
+         ## Every allow or ask needs `target=dom0`: without it the call is routed to the target\n\
+         ## qube itself, which does not serve it.\n\n",
+    );
+    for m in METHODS
+        .iter()
+        .filter(|m| !(m.name.starts_with("admin.vm.Create") && m.name.ends_with(".AdminVM")))
+    {
+        let scope = match m.scope {
+            Scope::Global => "global",
+            Scope::Local => "local",
+        };
+        let class = match m.access {
+            Access::Read | Access::Stream => "ro",
+            Access::Write | Access::Execute => "rwx",
+        };
+        out.push_str(&format!(
+            "!include-service {} * include/admin-{scope}-{class}\n",
+            m.name
+        ));
+    }
+    out
 }
 
 /// Looks a method up by its exact name.
@@ -390,6 +425,129 @@ mod tests {
 #[cfg(test)]
 mod generated_files {
     use super::*;
+
+    /// `policy/90-admin-default.policy` is generated from the table, and the whole `policy/`
+    /// tree loads with the policy engine and grants what it says: nothing by default; with a
+    /// user line in an include file, that qube's calls of the file's class (and, for rwx, of
+    /// ro too); `GetAll` denied without a notification by `91-admin-default-deny.policy`.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn admin_policy_is_current_and_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("90-admin-default.policy")).unwrap(),
+            admin_policy(),
+            "policy/90-admin-default.policy is stale: run `qubes-admin-call methods --policy > policy/90-admin-default.policy`"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let pd = tmp.path().join("policy.d");
+        std::fs::create_dir_all(pd.join("include")).unwrap();
+        for f in ["90-admin-default.policy", "91-admin-default-deny.policy"] {
+            std::fs::copy(dir.join(f), pd.join(f)).unwrap();
+        }
+        for f in [
+            "admin-local-ro",
+            "admin-local-rwx",
+            "admin-global-ro",
+            "admin-global-rwx",
+        ] {
+            std::fs::copy(dir.join("include").join(f), pd.join("include").join(f)).unwrap();
+        }
+        let src = crate::policy::Sources {
+            dirs: vec![pd.clone()],
+            compat_dir: tmp.path().join("compat"),
+        };
+        let domains = vec![
+            crate::policy::DomainInfo {
+                name: "dom0".into(),
+                uuid: "00000000-0000-0000-0000-000000000000".into(),
+                class: "AdminVM".into(),
+                tags: vec![],
+                template_for_dispvms: false,
+                default_dispvm: None,
+                internal: false,
+            },
+            crate::policy::DomainInfo {
+                name: "mgmt".into(),
+                uuid: "11111111-1111-1111-1111-111111111111".into(),
+                class: "AppVM".into(),
+                tags: vec![],
+                template_for_dispvms: false,
+                default_dispvm: None,
+                internal: false,
+            },
+            crate::policy::DomainInfo {
+                name: "work".into(),
+                uuid: "22222222-2222-2222-2222-222222222222".into(),
+                class: "AppVM".into(),
+                tags: vec!["managed".into()],
+                template_for_dispvms: false,
+                default_dispvm: None,
+                internal: false,
+            },
+        ];
+        let sys = crate::policy::SystemInfo {
+            domains: &domains,
+            is_running: &|_| false,
+        };
+        let verdict = |rules: &[crate::policy::Rule], service: &str, target: &str| {
+            let v = crate::policy::evaluate(
+                rules,
+                &crate::policy::Request {
+                    service: service.into(),
+                    argument: "+".into(),
+                    source: "mgmt".into(),
+                    target: target.into(),
+                },
+                &sys,
+            );
+            match v {
+                crate::policy::Verdict::Allow { target, .. } => format!("allow {target}"),
+                crate::policy::Verdict::Deny { notify, .. } => format!("deny notify={notify}"),
+                crate::policy::Verdict::Ask { .. } => "ask".into(),
+            }
+        };
+        let rules = crate::policy::load(&src).unwrap();
+        assert_eq!(verdict(&rules, "admin.vm.List", "dom0"), "deny notify=true");
+        assert_eq!(
+            verdict(&rules, "admin.vm.Start", "work"),
+            "deny notify=true"
+        );
+        assert_eq!(
+            verdict(&rules, "admin.vm.property.GetAll", "work"),
+            "deny notify=false"
+        );
+        let mut rwx = std::fs::read_to_string(pd.join("include/admin-local-rwx")).unwrap();
+        rwx.push_str("mgmt @tag:managed allow,target=dom0\n");
+        std::fs::write(pd.join("include/admin-local-rwx"), rwx).unwrap();
+        let rules = crate::policy::load(&src).unwrap();
+        assert_eq!(verdict(&rules, "admin.vm.Start", "work"), "allow dom0");
+        assert_eq!(
+            verdict(&rules, "admin.vm.firewall.Set", "work"),
+            "allow dom0"
+        );
+        // ro includes rwx.
+        assert_eq!(
+            verdict(&rules, "admin.vm.property.Get", "work"),
+            "allow dom0"
+        );
+        assert_eq!(
+            verdict(&rules, "admin.vm.CurrentState", "work"),
+            "allow dom0"
+        );
+        // Not the global calls, not other qubes.
+        assert_eq!(verdict(&rules, "admin.vm.List", "dom0"), "deny notify=true");
+        assert_eq!(
+            verdict(&rules, "admin.vm.Start", "mgmt"),
+            "deny notify=true"
+        );
+        assert!(admin_policy()
+            .contains("!include-service admin.vm.Remove * include/admin-global-rwx\n"));
+        assert!(
+            admin_policy().contains("!include-service admin.Events * include/admin-global-ro\n")
+        );
+        assert!(!admin_policy().contains("Create.AdminVM"));
+    }
 
     /// `qubes-rpc/services.list` is generated from the table: regenerate it with
     /// `qubes-admin-call methods > qubes-rpc/services.list`.

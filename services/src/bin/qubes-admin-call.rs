@@ -22,7 +22,8 @@ use qubes_admin::{ApiError, Config, System};
 const USAGE: &str = "usage:
   qubes-admin-call --socket-request        < '<method>+<arg> <src> name <dest>\\0<payload>'
   qubes-admin-call call METHOD[+ARG] [DEST] [--src NAME]   (payload on stdin unless a tty)
-  qubes-admin-call methods [--markdown]    (qrexec service names, one per line; or the method table)
+  qubes-admin-call methods [--markdown|--policy]   (qrexec service names, one per line; or the
+                                           method table; or 90-admin-default.policy)
   qubes-admin-call qrexec SOURCE TARGET SERVICE[+ARG]   (as qrexec would run it from qube SOURCE:
                                            the policy decides; exit 126 when it refuses)
   qubes-admin-call sandbox DIR [URI]       (create a sandbox dom0 in DIR, libvirt at URI
@@ -65,6 +66,10 @@ fn main() -> ExitCode {
         Some(b"call") => human_call(args.get(2..).unwrap_or_default()),
         Some(b"methods") if args.get(2).map(|a| a.as_bytes()) == Some(b"--markdown") => {
             write_out(qubes_admin::api::markdown().as_bytes());
+            ExitCode::SUCCESS
+        }
+        Some(b"methods") if args.get(2).map(|a| a.as_bytes()) == Some(b"--policy") => {
+            write_out(qubes_admin::api::admin_policy().as_bytes());
             ExitCode::SUCCESS
         }
         Some(b"methods") if args.len() == 2 => {

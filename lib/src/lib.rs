@@ -268,16 +268,7 @@ impl System {
         let ctx = Ctx::new(&self.config, call, DocRef::Read(doc), self.hv.as_ref());
         let rules = model::access::load_rules(&ctx)?;
         let domains = model::access::domains(&ctx)?;
-        let running = |name: &str| {
-            ctx.doc()
-                .domain_by_name(name)
-                .is_some_and(|id| model::props::defaults::is_running(&ctx, id).unwrap_or(false))
-        };
-        let sys = policy::SystemInfo {
-            domains: &domains,
-            is_running: &running,
-        };
-        Ok(policy::evaluate(&rules, req, &sys))
+        Ok(model::access::evaluate(&ctx, &rules, &domains, req))
     }
 
     /// A property of qube `vm` (by name), or of the global object when `vm` is `None`, as a

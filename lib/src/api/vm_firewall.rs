@@ -8,7 +8,6 @@ use crate::model::firewall;
 use crate::model::lifecycle::{is_active, live_domain};
 use crate::model::props::defaults;
 use crate::model::{qubesdb, volumes};
-use crate::runtime::dom0;
 
 /// `admin.vm.firewall.Get`: the API form of each rule that has not expired, one per line
 /// (no file: `action=accept`).
@@ -57,7 +56,6 @@ fn changed(ctx: &mut Ctx<'_>, rules: Option<&[firewall::Rule]>) -> Result<(), Ap
     if !is_active(live_domain(ctx, id)?.as_ref()) || !is_active(live_domain(ctx, netvm)?.as_ref()) {
         return Ok(());
     }
-    let services = dom0::for_config(&ctx.config.run_dir, &ctx.config.dom0);
-    let mut db = services.qubesdb(ctx.doc().name(netvm))?;
+    let mut db = ctx.dom0_services().qubesdb(ctx.doc().name(netvm))?;
     qubesdb::apply(db.as_mut(), &qubesdb::client_entries(ctx, id, rules)?)
 }

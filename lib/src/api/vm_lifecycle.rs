@@ -8,7 +8,7 @@ use crate::error::{ApiError, ExcType};
 use crate::model::context::Ctx;
 use crate::model::lifecycle::{
     is_active, is_paused, live_domain, lock_qube, not_running, op_error, powered_off,
-    stop_processing,
+    running_users, stop_processing,
 };
 use crate::model::power_state::{vm_power_state, vm_uuid, PowerState};
 use crate::model::props::defaults;
@@ -101,27 +101,6 @@ pub fn kill(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     Ok(Vec::new())
 }
 
-/// The qubes (in qubes.xml order) that are running and use `id` through `prop`.
-fn running_users(ctx: &Ctx<'_>, id: DomId, prop: &str) -> Result<Vec<String>, ApiError> {
-    let rt = ctx.runtime()?;
-    let doc = ctx.doc();
-    let mut users = Vec::new();
-    for other in doc.domains() {
-        if other == id {
-            continue;
-        }
-        let uses = defaults::vm_prop_ref(ctx, other, prop, 0) == Some(id);
-        let running = doc
-            .uuid(other)
-            .and_then(|u| rt.by_uuid(u))
-            .is_some_and(|d| d.active);
-        if uses && running {
-            users.push(doc.name(other).to_string());
-        }
-    }
-    Ok(users)
-}
-
 /// `admin.vm.Shutdown[+force][+wait]`: refused while running qubes use this one as netvm, GuiVM
 /// or AudioVM (unless `force`); a paused qube is destroyed (with `force`), any other asked to
 /// shut down; with `wait` the reply waits (up to `shutdown_timeout`) for the stop and its
@@ -151,6 +130,12 @@ pub fn shutdown(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     Ok(Vec::new())
 }
 
+fn names(ctx: &Ctx<'_>, ids: Vec<DomId>) -> Vec<String> {
+    ids.into_iter()
+        .map(|id| ctx.doc().name(id).to_string())
+        .collect()
+}
+
 fn shutdown_running(
     ctx: &mut Ctx<'_>,
     id: DomId,
@@ -162,7 +147,7 @@ fn shutdown_running(
     let flag = if force { "True" } else { "False" };
     ctx.emit(name, "domain-pre-shutdown", &[("force", flag)]);
     if !force {
-        let net = running_users(ctx, id, "netvm")?;
+        let net = names(ctx, running_users(ctx, id, "netvm")?);
         if !net.is_empty() {
             return Err(ApiError::new(
                 ExcType::QubesVMInUseError,
@@ -173,7 +158,7 @@ fn shutdown_running(
             ));
         }
         for (prop, what) in [("guivm", "GuiVM"), ("audiovm", "AudioVM")] {
-            let users = running_users(ctx, id, prop)?;
+            let users = names(ctx, running_users(ctx, id, prop)?);
             if !users.is_empty() {
                 return Err(ApiError::new(
                     ExcType::QubesVMError,
@@ -349,7 +334,7 @@ fn spawn(
     let spec = crate::model::lifecycle::domain_spec(ctx, id, &st.dir, &st.pools, &st.vols)
         .map_err(early)?;
     let xml = spec.to_xml(flavour);
-    let services = dom0::for_config(&ctx.config.run_dir, &ctx.config.dom0);
+    let services = ctx.dom0_services();
     let net_ops = match netvm {
         Some(_) => qubesdb::client_entries(ctx, id, None).map_err(early)?,
         None => Vec::new(),
@@ -387,7 +372,7 @@ fn spawn(
     qubesdb::apply(db.as_mut(), &entries)?;
     // A netvm that starts with clients running (it was restarted) gets their entries again.
     if defaults::vm_prop(ctx, id, "provides_network", 0).is_ok_and(|v| v.truthy()) {
-        for client in qubesdb::running_clients(ctx, id)? {
+        for client in running_users(ctx, id, "netvm")? {
             qubesdb::apply(db.as_mut(), &qubesdb::client_entries(ctx, client, None)?)?;
         }
     }

@@ -68,6 +68,26 @@ pub fn event_filter(ctx: &Ctx<'_>) -> Result<policy::EventFilter, ApiError> {
     })
 }
 
+/// The policy's verdict on `req` with this call's view of the system (`domains`, from
+/// [`domains`]): the power state is asked of the hypervisor only if a rule needs it.
+pub fn evaluate(
+    ctx: &Ctx<'_>,
+    rules: &[Rule],
+    domains: &[DomainInfo],
+    req: &Request,
+) -> policy::Verdict {
+    let running = |name: &str| {
+        ctx.doc()
+            .domain_by_name(name)
+            .is_some_and(|id| defaults::is_running(ctx, id).unwrap_or(false))
+    };
+    let sys = SystemInfo {
+        domains,
+        is_running: &running,
+    };
+    policy::evaluate(rules, req, &sys)
+}
+
 /// Which of `candidates` the caller may see through `service` (`admin.vm.List`): those for
 /// which the policy's verdict on (service, `+`, caller, qube) is an allow.
 pub fn visible(
@@ -79,16 +99,7 @@ pub fn visible(
         return Ok(candidates);
     }
     let rules = load_rules(ctx)?;
-    let running = |name: &str| {
-        ctx.doc()
-            .domain_by_name(name)
-            .is_some_and(|id| defaults::is_running(ctx, id).unwrap_or(false))
-    };
     let domains = domains(ctx)?;
-    let sys = SystemInfo {
-        domains: &domains,
-        is_running: &running,
-    };
     let source = ctx.doc().name(ctx.src).to_string();
     Ok(candidates
         .into_iter()
@@ -99,7 +110,7 @@ pub fn visible(
                 source: source.clone(),
                 target: ctx.doc().name(*id).to_string(),
             };
-            policy::evaluate(&rules, &req, &sys).is_allow()
+            evaluate(ctx, &rules, &domains, &req).is_allow()
         })
         .collect())
 }

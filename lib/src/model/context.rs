@@ -142,6 +142,12 @@ impl<'a> Ctx<'a> {
         self.hv
     }
 
+    /// The dom0 services (qmemman, QubesDB, qrexec) this configuration names: the real ones
+    /// of a Xen dom0, or the sandbox's stand-ins.
+    pub fn dom0_services(&self) -> Box<dyn crate::runtime::dom0::Dom0Services> {
+        crate::runtime::dom0::for_config(&self.config.run_dir, &self.config.dom0)
+    }
+
     /// Records an event; it is appended to the event log after the call commits.
     pub fn emit(&mut self, subject: &str, name: impl Into<String>, kwargs: &[(&str, &str)]) {
         let kwargs = kwargs

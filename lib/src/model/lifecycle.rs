@@ -79,6 +79,25 @@ pub fn live_domain(ctx: &Ctx<'_>, id: DomId) -> Result<Option<DomainRuntime>, Ap
     Ok(ctx.hypervisor().domain(&uuid)?)
 }
 
+/// The qubes (in qubes.xml order) that run, per the call's runtime listing, and use `id`
+/// through `prop` (`netvm`, `guivm`, `audiovm`).
+pub fn running_users(ctx: &Ctx<'_>, id: DomId, prop: &str) -> Result<Vec<DomId>, ApiError> {
+    let rt = ctx.runtime()?;
+    let doc = ctx.doc();
+    Ok(doc
+        .domains()
+        .into_iter()
+        .filter(|&other| {
+            other != id
+                && defaults::vm_prop_ref(ctx, other, prop, 0) == Some(id)
+                && doc
+                    .uuid(other)
+                    .and_then(|u| rt.by_uuid(u))
+                    .is_some_and(|d| d.active)
+        })
+        .collect())
+}
+
 /// `is_running()`: libvirt says active (also when paused or halting).
 pub fn is_active(dom: Option<&DomainRuntime>) -> bool {
     dom.is_some_and(|d| d.active)

@@ -228,20 +228,6 @@ pub fn client_entries(
     Ok(ops)
 }
 
-/// The qubes that use `netvm` as their netvm and run (per the call's runtime listing).
-pub fn running_clients(ctx: &Ctx<'_>, netvm: DomId) -> Result<Vec<DomId>, ApiError> {
-    let mut out = Vec::new();
-    for id in ctx.doc().domains() {
-        if id != netvm
-            && defaults::netvm_of(ctx, id, 0) == Some(netvm)
-            && defaults::is_running(ctx, id)?
-        {
-            out.push(id);
-        }
-    }
-    Ok(out)
-}
-
 /// dom0's time zone, as the reference finds it: the target of the `/etc/localtime` link after
 /// `zoneinfo/`.
 fn timezone() -> Option<String> {

@@ -60,6 +60,8 @@ pub struct System {
     /// The parsed version, its stamp, and its file, kept open so that its inode number cannot
     /// be recycled for a later version (which could then have the same stamp).
     cache: Option<(FileStamp, Document, std::fs::File)>,
+    /// Which methods requests may name (the admin socket's unless set by [`System::serving`]).
+    endpoint: api::Endpoint,
 }
 
 impl System {
@@ -76,7 +78,15 @@ impl System {
             config,
             hv,
             cache: None,
+            endpoint: api::Endpoint::Socket(api::Socket::Admin),
         }
+    }
+
+    /// Serves the methods of `endpoint` (one of qubesd's three sockets, or every qrexec
+    /// service) instead of the admin socket's.
+    pub fn serving(mut self, endpoint: api::Endpoint) -> System {
+        self.endpoint = endpoint;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -97,7 +107,9 @@ impl System {
     /// Runs one request and returns the reply body or the exception. A streaming method
     /// (`admin.Events`) only checks its request here: [`System::serve`] streams.
     pub fn execute(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
-        let method = std::str::from_utf8(&raw.method).ok().and_then(api::find);
+        let method = std::str::from_utf8(&raw.method)
+            .ok()
+            .and_then(|n| api::find_on(self.endpoint, n));
         if method.is_some_and(|m| m.writes()) {
             self.execute_write(raw)
         } else {
@@ -112,7 +124,9 @@ impl System {
         raw: &RawRequest,
         out: &mut W,
     ) -> std::io::Result<()> {
-        let method = std::str::from_utf8(&raw.method).ok().and_then(api::find);
+        let method = std::str::from_utf8(&raw.method)
+            .ok()
+            .and_then(|n| api::find_on(self.endpoint, n));
         if !method.is_some_and(|m| m.access == api::table::Access::Stream) {
             out.write_all(&self.call(raw))?;
             return out.flush();
@@ -197,7 +211,7 @@ impl System {
     fn execute_write(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
         self.cache = None;
         let mut txn = WriteTxn::begin(&self.config.xml_path, self.config.lock_timeout)?;
-        let r = api::request::resolve_request(txn.doc(), raw)?;
+        let r = api::request::resolve_request(txn.doc(), raw, self.endpoint)?;
         let (body, outcome) = {
             let handler = r.method.handler;
             let mut ctx = Ctx::new(
@@ -313,7 +327,7 @@ impl System {
         raw: &RawRequest,
     ) -> Result<(Vec<u8>, Option<model::context::Stream>), ApiError> {
         let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
-        let r = api::request::resolve_request(doc, raw)?;
+        let r = api::request::resolve_request(doc, raw, self.endpoint)?;
         let handler = r.method.handler;
         let mut ctx = Ctx::new(
             &self.config,

@@ -20,6 +20,8 @@
 //! | [`vm_firewall`] | `admin.vm.firewall.*` |
 //! | [`pool`] | `admin.pool.*`, `admin.pool.volume.List` |
 //! | [`vm_volume`] | `admin.vm.volume.*` |
+//! | [`internal`] | `internal.*` (the internal socket: `GetSystemInfo`, `SuspendPre`, `SuspendPost`) |
+//! | [`misc`] | `qubes.FeaturesRequest`, `qubes.NotifyTools`, `qubes.NotifyUpdates` (the misc socket) |
 //!
 //! To add a method: one row in [`table::METHODS`] and one handler in its family's module.
 
@@ -27,7 +29,9 @@ pub mod request;
 pub mod table;
 
 pub mod events;
+pub mod internal;
 pub mod label;
+pub mod misc;
 pub mod pool;
 pub mod property;
 pub mod vm_create;
@@ -44,6 +48,6 @@ pub mod vm_volume;
 pub mod vmclass;
 
 pub use table::{
-    admin_policy, find, markdown, service_list, Access, DestRule, Handler, Method, Presence, Scope,
-    METHODS, REFERENCE_METHODS,
+    admin_policy, find, find_on, markdown, service_list, Access, DestRule, Endpoint, Handler,
+    Method, Presence, Scope, Socket, METHODS, REFERENCE_METHODS,
 };

@@ -2,7 +2,7 @@
 //! generic checks in its order (source, destination, argument, method, then payload → argument
 //! → destination class; `core.md` §2.3–2.4). The bytes were parsed by the wire layer.
 
-use super::table::{self, DestRule, Method, Presence};
+use super::table::{self, DestRule, Endpoint, Method, Presence};
 use crate::error::ApiError;
 use crate::model::context::Call;
 use crate::store::{Document, DomId};
@@ -55,14 +55,19 @@ impl Resolved {
     }
 }
 
-/// Resolves and runs the generic checks, in the reference's order.
-pub fn resolve_request(doc: &Document, raw: &RawRequest) -> Result<Resolved, ApiError> {
+/// Resolves and runs the generic checks, in the reference's order. Only the methods
+/// `endpoint` serves exist.
+pub fn resolve_request(
+    doc: &Document,
+    raw: &RawRequest,
+    endpoint: Endpoint,
+) -> Result<Resolved, ApiError> {
     let src = resolve(doc, &parse_vm_ref(&raw.src)?)?;
     let dest = resolve_target(doc, &raw.target)?;
     let arg = ascii(&raw.arg, "argument")?.to_string();
     let name = ascii(&raw.method, "method name")?;
-    let method =
-        table::find(name).ok_or_else(|| ApiError::protocol(format!("no such method: '{name}'")))?;
+    let method = table::find_on(endpoint, name)
+        .ok_or_else(|| ApiError::protocol(format!("no such method: '{name}'")))?;
     check_generic(doc, method, dest, &arg, &raw.payload)?;
     Ok(Resolved {
         method,
@@ -107,4 +112,23 @@ fn check_generic(
         }
         _ => Ok(()),
     }
+}
+
+/// The reference's `enforce(dest.name == "dom0")` and `enforce(not arg)` of the internal and
+/// misc calls: `PermissionDenied`, where the Admin API's generic checks say `ProtocolError`.
+pub fn enforce_dom0_without_arg(ctx: &crate::model::context::Ctx<'_>) -> Result<(), ApiError> {
+    if !ctx.dest_is_admin() {
+        return Err(ApiError::permission(format!(
+            "{} is a call to dom0, not to {}",
+            ctx.method,
+            ctx.dest_name()
+        )));
+    }
+    if !ctx.arg.is_empty() {
+        return Err(ApiError::permission(format!(
+            "{} takes no argument",
+            ctx.method
+        )));
+    }
+    Ok(())
 }

@@ -6,8 +6,8 @@
 
 use super::property::{OfQubes, OfVm};
 use super::{
-    events, label, pool, property, vm_create, vm_feature, vm_firewall, vm_lifecycle, vm_list,
-    vm_notes, vm_remove, vm_state, vm_stats, vm_tag, vm_volume, vmclass,
+    events, internal, label, misc, pool, property, vm_create, vm_feature, vm_firewall,
+    vm_lifecycle, vm_list, vm_notes, vm_remove, vm_state, vm_stats, vm_tag, vm_volume, vmclass,
 };
 use crate::error::ApiError;
 use crate::model::context::Ctx;
@@ -49,6 +49,56 @@ pub enum Access {
     Stream,
 }
 
+/// Which of qubesd's three sockets serves a method. Each socket is its own API: a method is
+/// found only on its socket (the reference's `QubesAdminAPI`, `QubesInternalAPI`,
+/// `QubesMiscAPI`), so nothing that can reach one socket reaches the others' calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    /// `/run/qubesd.sock`: the Admin API (`admin.*`).
+    Admin,
+    /// `/run/qubesd.internal.sock`: dom0 components only (`internal.*`; the qrexec policy
+    /// daemon's `internal.GetSystemInfo`). Never a qrexec service.
+    Internal,
+    /// `/run/qubesd.misc.sock`: what qubes report about themselves (`qubes.FeaturesRequest`,
+    /// `qubes.NotifyTools`, `qubes.NotifyUpdates`), called through qrexec.
+    Misc,
+}
+
+impl Socket {
+    pub const ALL: [Socket; 3] = [Socket::Admin, Socket::Internal, Socket::Misc];
+
+    /// The socket's path on a dom0 (`/var/run` is a link to `/run`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Socket::Admin => "/run/qubesd.sock",
+            Socket::Internal => "/run/qubesd.internal.sock",
+            Socket::Misc => "/run/qubesd.misc.sock",
+        }
+    }
+
+    /// The name `qubes-admin-call --socket-request[=NAME]` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Socket::Admin => "admin",
+            Socket::Internal => "internal",
+            Socket::Misc => "misc",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Socket> {
+        Socket::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// Where a request arrived, which decides the methods it may name: one socket's, or (qrexec
+/// exec-service mode, where the service name says which API it is) the admin and misc
+/// sockets' methods; the internal ones are never reachable through qrexec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Socket(Socket),
+    Qrexec,
+}
+
 /// A handler: typed context in, reply body out.
 pub type Handler = fn(&mut Ctx<'_>) -> Result<Vec<u8>, ApiError>;
 
@@ -64,6 +114,7 @@ pub struct Method {
     /// Installed as a qrexec service in `/etc/qubes-rpc` (the reference leaves out
     /// `admin.vm.Suspend`/`Resume`).
     pub qrexec: bool,
+    pub socket: Socket,
     pub handler: Handler,
 }
 
@@ -86,6 +137,23 @@ const fn socket_only(m: Method) -> Method {
     Method { qrexec: false, ..m }
 }
 
+/// A row of the internal socket's API (never a qrexec service).
+const fn internal(m: Method) -> Method {
+    Method {
+        qrexec: false,
+        socket: Socket::Internal,
+        ..m
+    }
+}
+
+/// A row of the misc socket's API (a qrexec service that qubes call).
+const fn misc(m: Method) -> Method {
+    Method {
+        socket: Socket::Misc,
+        ..m
+    }
+}
+
 const fn m(
     name: &'static str,
     dest: DestRule,
@@ -103,6 +171,7 @@ const fn m(
         scope,
         access,
         qrexec: true,
+        socket: Socket::Admin,
         handler,
     }
 }
@@ -183,6 +252,13 @@ pub static METHODS: &[Method] = &[
     m("admin.vm.firewall.Get",                        NotAdminVm, Forbidden, Forbidden, Local,  Read,  vm_firewall::get),
     m("admin.vm.firewall.Set",                        NotAdminVm, Forbidden, Required,  Local,  Execute, vm_firewall::set),
     m("admin.vm.firewall.Reload",                     NotAdminVm, Forbidden, Forbidden, Local,  Execute, vm_firewall::reload),
+    // Checked by the handlers, as the reference's `enforce` does (PermissionDenied).
+    internal(m("internal.GetSystemInfo",              Any,        Optional,  Forbidden, Global, Read,  internal::get_system_info)),
+    internal(m("internal.SuspendPre",                 Any,        Optional,  Forbidden, Global, Execute, internal::suspend_pre)),
+    internal(m("internal.SuspendPost",                Any,        Optional,  Forbidden, Global, Execute, internal::suspend_post)),
+    misc(m("qubes.FeaturesRequest",                   Any,        Optional,  Forbidden, Local,  Write, misc::features_request)),
+    misc(m("qubes.NotifyTools",                       Any,        Optional,  Forbidden, Local,  Write, misc::notify_tools)),
+    misc(m("qubes.NotifyUpdates",                     Any,        Optional,  Optional,  Local,  Write, misc::notify_updates)),
 ];
 
 /// `docs/methods.md`: the table as Markdown (regenerate with `qubes-admin-call methods --markdown`).
@@ -191,8 +267,8 @@ pub fn markdown() -> String {
         "# Admin API methods served by qubes-admin-call\n\n\
          Generated from the dispatch table (`lib/src/api/table.rs`) by \
          `qubes-admin-call methods --markdown`; a unit test keeps it current.\n\n\
-         | method | destination | argument | payload | scope | access | qrexec service |\n\
-         |---|---|---|---|---|---|---|\n",
+         | method | destination | argument | payload | scope | access | socket | qrexec service |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for m in METHODS {
         let dest = match m.dest {
@@ -216,11 +292,12 @@ pub fn markdown() -> String {
             Access::Stream => "stream",
         };
         out.push_str(&format!(
-            "| `{}` | {dest} | {} | {} | {scope} | {access} | {} |\n",
+            "| `{}` | {dest} | {} | {} | {scope} | {access} | {} | {} |\n",
             m.name,
             p(m.arg),
             p(m.payload),
-            if m.qrexec { "yes" } else { "socket only" }
+            m.socket.name(),
+            if m.qrexec { "yes" } else { "no" }
         ));
     }
     out
@@ -251,10 +328,10 @@ pub fn admin_policy() -> String {
          ## Every allow or ask needs `target=dom0`: without it the call is routed to the target\n\
          ## qube itself, which does not serve it.\n\n",
     );
-    for m in METHODS
-        .iter()
-        .filter(|m| !(m.name.starts_with("admin.vm.Create") && m.name.ends_with(".AdminVM")))
-    {
+    for m in METHODS.iter().filter(|m| {
+        m.socket == Socket::Admin
+            && !(m.name.starts_with("admin.vm.Create") && m.name.ends_with(".AdminVM"))
+    }) {
         let scope = match m.scope {
             Scope::Global => "global",
             Scope::Local => "local",
@@ -271,9 +348,20 @@ pub fn admin_policy() -> String {
     out
 }
 
-/// Looks a method up by its exact name.
+/// Looks an Admin API method (the admin socket's) up by its exact name.
 pub fn find(name: &str) -> Option<&'static Method> {
-    METHODS.iter().find(|m| m.name == name)
+    find_on(Endpoint::Socket(Socket::Admin), name)
+}
+
+/// Looks a method up by its exact name among those `endpoint` serves.
+pub fn find_on(endpoint: Endpoint, name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| {
+        m.name == name
+            && match endpoint {
+                Endpoint::Socket(s) => m.socket == s,
+                Endpoint::Qrexec => m.socket != Socket::Internal,
+            }
+    })
 }
 
 /// Every method the reference (qubes-core-admin 4.4.0) serves on its admin socket. A unit test

@@ -105,44 +105,58 @@ pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
         )));
     }
     check_prohibited(&name)?;
+    set_feature(ctx, ctx.dest, &name, &value)?;
+    Ok(Vec::new())
+}
 
-    let dest = ctx.dest;
-    let vm = ctx.dest_name().to_string();
-    let old = ctx.doc().data(dest)?.feature(&name).map(str::to_string);
-    let kwargs = feature_kwargs(&name, &value, old.as_deref());
+/// Stores feature `name` of qube `id` as the reference's `vm.features[name] = value` does
+/// (whoever sets it: this API, or what a qube reports through `qubes.FeaturesRequest`): the
+/// pre-set event and validators, the store, the post-set validators and derived events, the
+/// set event. Names and values are already checked.
+pub fn set_feature(ctx: &mut Ctx<'_>, id: DomId, name: &str, value: &str) -> Result<(), ApiError> {
+    let vm = ctx.doc().name(id).to_string();
+    let old = ctx.doc().data(id)?.feature(name).map(str::to_string);
+    let kwargs = feature_kwargs(name, value, old.as_deref());
     let mut events: Vec<Ev> = vec![(
         vm.clone(),
         format!("domain-feature-pre-set:{name}"),
         kwargs.clone(),
     )];
-    events.extend(pre_set_hooks(ctx, dest, &name, &value, old.as_deref())?);
-    ctx.doc_mut()?.data_mut(dest)?.set_feature(&name, &value);
-    post_set_checks(&name, &value)?;
-    events.extend(post_set_events(ctx, dest, &name, &value, old.as_deref())?);
+    events.extend(pre_set_hooks(ctx, id, name, value, old.as_deref())?);
+    ctx.doc_mut()?.data_mut(id)?.set_feature(name, value);
+    post_set_checks(name, value)?;
+    events.extend(post_set_events(ctx, id, name, value, old.as_deref())?);
     events.push((vm, format!("domain-feature-set:{name}"), kwargs));
     emit_all(ctx, events);
-    Ok(Vec::new())
+    Ok(())
+}
+
+/// Removes feature `name` of qube `id` with its events; `false` if it was not set.
+pub fn remove_feature(ctx: &mut Ctx<'_>, id: DomId, name: &str) -> Result<bool, ApiError> {
+    if !ctx.doc_mut()?.data_mut(id)?.remove_feature(name) {
+        return Ok(false);
+    }
+    let vm = ctx.doc().name(id).to_string();
+    ctx.emit(
+        &vm,
+        format!("domain-feature-pre-delete:{name}"),
+        &[("feature", name)],
+    );
+    ctx.emit(
+        &vm,
+        format!("domain-feature-delete:{name}"),
+        &[("feature", name)],
+    );
+    Ok(true)
 }
 
 /// `admin.vm.feature.Remove`.
 pub fn remove(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
     let name = ctx.arg.clone();
     check_prohibited(&name)?;
-    let dest = ctx.dest;
-    let vm = ctx.dest_name().to_string();
-    if !ctx.doc_mut()?.data_mut(dest)?.remove_feature(&name) {
-        return Err(not_found(&vm, &name));
+    if !remove_feature(ctx, ctx.dest, &name)? {
+        return Err(not_found(ctx.dest_name(), &name));
     }
-    ctx.emit(
-        &vm,
-        format!("domain-feature-pre-delete:{name}"),
-        &[("feature", &name)],
-    );
-    ctx.emit(
-        &vm,
-        format!("domain-feature-delete:{name}"),
-        &[("feature", &name)],
-    );
     Ok(Vec::new())
 }
 

@@ -21,12 +21,12 @@ use crate::store::DomId;
 use crate::wire::python::repr;
 
 /// dom0 and RemoteVMs have no pause/unpause (the reference fails without a reply).
-fn refuse_non_qubesvm(ctx: &Ctx<'_>, what: &str) -> Result<(), ApiError> {
-    let class = ctx.doc().class(ctx.dest);
+fn refuse_non_qubesvm(ctx: &Ctx<'_>, id: DomId, what: &str) -> Result<(), ApiError> {
+    let class = ctx.doc().class(id);
     if matches!(class, "AdminVM" | "RemoteVM") {
         return Err(ApiError::no_reply_in_reference(format!(
             "{class} {} cannot be {what}",
-            ctx.dest_name()
+            ctx.doc().name(id)
         )));
     }
     Ok(())
@@ -35,7 +35,7 @@ fn refuse_non_qubesvm(ctx: &Ctx<'_>, what: &str) -> Result<(), ApiError> {
 /// `admin.vm.Pause`: `domain-pre-paused`, then libvirt suspends the qube (`domain-paused`
 /// comes from libvirt's event).
 pub fn pause(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    refuse_non_qubesvm(ctx, "paused")?;
+    refuse_non_qubesvm(ctx, ctx.dest, "paused")?;
     let (id, name) = (ctx.dest, ctx.dest_name().to_string());
     let _lock = lock_qube(ctx, id)?;
     if !is_active(live_domain(ctx, id)?.as_ref()) {
@@ -51,8 +51,12 @@ pub fn pause(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
 
 /// `admin.vm.Unpause`: only a paused qube; `domain-pre-unpaused`, resume, `domain-unpaused`.
 pub fn unpause(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    refuse_non_qubesvm(ctx, "unpaused")?;
-    let (id, name) = (ctx.dest, ctx.dest_name().to_string());
+    unpause_qube(ctx, ctx.dest)
+}
+
+fn unpause_qube(ctx: &mut Ctx<'_>, id: DomId) -> Result<Vec<u8>, ApiError> {
+    refuse_non_qubesvm(ctx, id, "unpaused")?;
+    let name = ctx.doc().name(id).to_string();
     let _lock = lock_qube(ctx, id)?;
     if !is_paused(live_domain(ctx, id)?.as_ref()) {
         return Err(ApiError::new(
@@ -116,7 +120,7 @@ pub fn shutdown(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
             }
         }
     }
-    refuse_non_qubesvm(ctx, "shut down with force/wait")?;
+    refuse_non_qubesvm(ctx, ctx.dest, "shut down with force/wait")?;
     let (id, name) = (ctx.dest, ctx.dest_name().to_string());
     let _lock = lock_qube(ctx, id)?;
     let dom = live_domain(ctx, id)?;
@@ -401,7 +405,12 @@ fn spawn(
 /// binding, so it takes the reference's fallback for drivers without it: `domain-pre-paused`
 /// and a pause. (The reference first runs `qubes.SuspendPre` in the qube: no qrexec yet.)
 pub fn suspend(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    match ctx.doc().class(ctx.dest) {
+    suspend_qube(ctx, ctx.dest)
+}
+
+/// [`suspend`] of qube `id` (also `internal.SuspendPre`'s, for each running qube).
+pub fn suspend_qube(ctx: &mut Ctx<'_>, id: DomId) -> Result<Vec<u8>, ApiError> {
+    match ctx.doc().class(id) {
         "AdminVM" => {
             return Err(ApiError::new(
                 ExcType::QubesVMError,
@@ -416,7 +425,7 @@ pub fn suspend(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
         }
         _ => {}
     }
-    let (id, name) = (ctx.dest, ctx.dest_name().to_string());
+    let name = ctx.doc().name(id).to_string();
     let _lock = lock_qube(ctx, id)?;
     if !is_active(live_domain(ctx, id)?.as_ref()) {
         return Err(not_running(&name));
@@ -432,12 +441,17 @@ pub fn suspend(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
 /// `admin.vm.Resume` (socket only): a PM-suspended qube is woken up (`domain-resumed`);
 /// anything else is treated exactly as `admin.vm.Unpause`.
 pub fn resume(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
-    refuse_non_qubesvm(ctx, "resumed")?;
-    let (id, name) = (ctx.dest, ctx.dest_name().to_string());
+    resume_qube(ctx, ctx.dest)
+}
+
+/// [`resume`] of qube `id` (also `internal.SuspendPost`'s).
+pub fn resume_qube(ctx: &mut Ctx<'_>, id: DomId) -> Result<Vec<u8>, ApiError> {
+    refuse_non_qubesvm(ctx, id, "resumed")?;
+    let name = ctx.doc().name(id).to_string();
     let suspended = live_domain(ctx, id)?
         .is_some_and(|d| d.active && d.state == crate::runtime::DomState::PmSuspended);
     if !suspended {
-        return unpause(ctx);
+        return unpause_qube(ctx, id);
     }
     let _lock = lock_qube(ctx, id)?;
     let uuid = vm_uuid(ctx, id)?;

@@ -5,9 +5,11 @@
 
 use crate::error::ApiError;
 use crate::model::context::Ctx;
+use crate::model::power_state::{always_running, vm_power_state};
 use crate::model::props::{defaults, value::Val};
 use crate::policy::{self, DomainInfo, Request, Rule, SystemInfo};
 use crate::store::DomId;
+use crate::wire::python::json_str;
 
 /// Where the policy is read: `<run_dir>/policy.d` (qrexec 4.3's runtime directory, when it
 /// exists), then `QUBES_POLICY_DIR`; `!compat-4.0` reads `QUBES_POLICY_COMPAT_DIR`.
@@ -57,6 +59,54 @@ pub fn domains(ctx: &Ctx<'_>) -> Result<Vec<DomainInfo>, ApiError> {
         });
     }
     Ok(out)
+}
+
+/// `internal.GetSystemInfo`'s reply: every qube as the qrexec policy daemon sees it, in
+/// qubes.xml's order, each with the reference's keys in its order, as Python's `json.dumps`
+/// writes them. A VM-valued property that does not apply to the class (or is empty) is `null`.
+pub fn system_info_json(ctx: &Ctx<'_>) -> Result<String, ApiError> {
+    let doc = ctx.doc();
+    let vm_name = |id: DomId, prop: &str| match defaults::vm_prop(ctx, id, prop, 0) {
+        Ok(Val::Vm(n)) => json_str(&n),
+        _ => "null".to_string(),
+    };
+    let text = |id: DomId, prop: &str| match defaults::vm_text(ctx, id, prop) {
+        Some(t) => json_str(&t),
+        None => "null".to_string(),
+    };
+    let mut entries = Vec::new();
+    for (id, info) in doc.domains().into_iter().zip(domains(ctx)?) {
+        let live = if always_running(&info.class) {
+            None
+        } else {
+            ctx.runtime()?.by_uuid(&info.uuid).cloned()
+        };
+        let mut tags = info.tags.clone();
+        tags.sort();
+        let tags: Vec<String> = tags.iter().map(|t| json_str(t)).collect();
+        entries.push(format!(
+            "{}: {{\"tags\": [{}], \"type\": {}, \"template_for_dispvms\": {}, \
+             \"default_dispvm\": {}, \"power_state\": {}, \"uuid\": {}, \"icon\": {}, \
+             \"label\": {}, \"guivm\": {}, \"relayvm\": {}, \"transport_rpc\": {}, \
+             \"internal\": {}}}",
+            json_str(&info.name),
+            tags.join(", "),
+            json_str(&info.class),
+            info.template_for_dispvms,
+            info.default_dispvm
+                .as_deref()
+                .map_or_else(|| "null".to_string(), json_str),
+            json_str(vm_power_state(ctx, id, live.as_ref())?.as_str()),
+            json_str(&info.uuid.to_ascii_lowercase()),
+            text(id, "icon"),
+            text(id, "label"),
+            vm_name(id, "guivm"),
+            vm_name(id, "relayvm"),
+            text(id, "transport_rpc"),
+            info.internal,
+        ));
+    }
+    Ok(format!("{{\"domains\": {{{}}}}}", entries.join(", ")))
 }
 
 /// The `admin.Events` filter for the caller (who must not be dom0).

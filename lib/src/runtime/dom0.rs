@@ -57,11 +57,16 @@ pub struct QrexecStart {
     pub timeout: u64,
 }
 
-/// One QubesDB, written to.
+/// One qube's QubesDB: written at Start; read for what the qube reports about itself
+/// (`qubes.FeaturesRequest`: those values are untrusted).
 pub trait QubesDb {
     fn write(&mut self, path: &str, value: &str) -> Result<(), ServiceError>;
     /// Removes `path`; a path ending in `/` removes the whole subtree.
     fn rm(&mut self, path: &str) -> Result<(), ServiceError>;
+    /// The value at `path`, `None` if there is no such entry.
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, ServiceError>;
+    /// The paths of the entries under `prefix` (a prefix ending in `/`).
+    fn list(&mut self, prefix: &str) -> Result<Vec<String>, ServiceError>;
 }
 
 /// The dom0 services of a Start, in the order it uses them.
@@ -186,10 +191,15 @@ impl Dom0Services for Xen {
 pub const QDB_MAX_PATH: usize = 64;
 pub const QDB_MAX_DATA: usize = 3072;
 /// Message types (`enum qdb_msg`).
+pub const QDB_CMD_READ: u32 = 0;
 pub const QDB_CMD_WRITE: u32 = 1;
+pub const QDB_CMD_LIST: u32 = 3;
 pub const QDB_CMD_RM: u32 = 4;
 pub const QDB_RESP_OK: u32 = 7;
 pub const QDB_RESP_ERROR_NOENT: u32 = 8;
+pub const QDB_RESP_READ: u32 = 10;
+/// One entry of a LIST reply; an empty path ends the list.
+pub const QDB_RESP_LIST: u32 = 12;
 /// `struct qdb_hdr`: type (u32), path (64 bytes, NUL-padded), data length (u32), host order.
 pub const QDB_HDR_LEN: usize = 4 + QDB_MAX_PATH + 4;
 
@@ -251,26 +261,39 @@ impl QubesDbClient {
         }
     }
 
-    /// One request and its reply; `Ok(false)` for "no such entry".
-    fn request(&mut self, ty: u32, path: &str, data: &[u8]) -> Result<bool, ServiceError> {
+    fn send(&mut self, ty: u32, path: &str, data: &[u8]) -> Result<(), ServiceError> {
         let hdr = qdb_header(ty, path, data.len())
             .ok_or_else(|| self.err(format!("invalid entry {path:?} ({} bytes)", data.len())))?;
         let mut msg = hdr.to_vec();
         msg.extend_from_slice(data);
         self.conn
             .write_all(&msg)
-            .map_err(|e| self.err(e.to_string()))?;
+            .map_err(|e| self.err(e.to_string()))
+    }
+
+    /// One reply message: (type, path, data). The daemon never sends more than
+    /// `QDB_MAX_DATA` bytes; a longer length is a broken peer.
+    fn receive(&mut self) -> Result<(u32, String, Vec<u8>), ServiceError> {
         let mut reply = [0u8; QDB_HDR_LEN];
         self.conn
             .read_exact(&mut reply)
             .map_err(|e| self.err(e.to_string()))?;
-        let (rty, _, rlen) = qdb_parse_header(&reply);
-        // A reply never carries data for these requests; skip any that comes all the same.
-        let mut rest = vec![0u8; usize::try_from(rlen).unwrap_or(0).min(QDB_MAX_DATA)];
+        let (rty, rpath, rlen) = qdb_parse_header(&reply);
+        let len = usize::try_from(rlen).unwrap_or(usize::MAX);
+        if len > QDB_MAX_DATA {
+            return Err(self.err(format!("reply of {len} bytes (at most {QDB_MAX_DATA})")));
+        }
+        let mut data = vec![0u8; len];
         self.conn
-            .read_exact(&mut rest)
+            .read_exact(&mut data)
             .map_err(|e| self.err(e.to_string()))?;
-        match rty {
+        Ok((rty, rpath, data))
+    }
+
+    /// A WRITE or RM and its reply; `Ok(false)` for "no such entry".
+    fn request(&mut self, ty: u32, path: &str, data: &[u8]) -> Result<bool, ServiceError> {
+        self.send(ty, path, data)?;
+        match self.receive()?.0 {
             QDB_RESP_OK => Ok(true),
             QDB_RESP_ERROR_NOENT => Ok(false),
             other => Err(self.err(format!("{path}: error reply (type {other})"))),
@@ -286,6 +309,30 @@ impl QubesDb for QubesDbClient {
 
     fn rm(&mut self, path: &str) -> Result<(), ServiceError> {
         self.request(QDB_CMD_RM, path, &[]).map(|_| ())
+    }
+
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, ServiceError> {
+        self.send(QDB_CMD_READ, path, &[])?;
+        match self.receive()? {
+            (QDB_RESP_READ, _, data) => Ok(Some(data)),
+            (QDB_RESP_ERROR_NOENT, _, _) => Ok(None),
+            (other, _, _) => Err(self.err(format!("{path}: error reply (type {other})"))),
+        }
+    }
+
+    fn list(&mut self, prefix: &str) -> Result<Vec<String>, ServiceError> {
+        self.send(QDB_CMD_LIST, prefix, &[])?;
+        let mut paths = Vec::new();
+        loop {
+            match self.receive()? {
+                (QDB_RESP_LIST, p, _) if p.is_empty() => return Ok(paths),
+                (QDB_RESP_LIST, p, _) => paths.push(p),
+                (QDB_RESP_ERROR_NOENT, _, _) => return Ok(paths),
+                (other, _, _) => {
+                    return Err(self.err(format!("{prefix}: error reply (type {other})")))
+                }
+            }
+        }
     }
 }
 
@@ -380,6 +427,19 @@ impl QubesDb for SandboxDb {
         }
         self.save()
     }
+
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, ServiceError> {
+        Ok(self.entries.get(path).map(|v| v.as_bytes().to_vec()))
+    }
+
+    fn list(&mut self, prefix: &str) -> Result<Vec<String>, ServiceError> {
+        Ok(self
+            .entries
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
 }
 
 impl Dom0Services for Sandbox {
@@ -457,6 +517,62 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(tmp.path().join("qubesdb/work")).unwrap(),
             ""
+        );
+    }
+
+    /// READ and LIST against a fake daemon speaking `qdb_hdr`: a value, a missing entry, and a
+    /// list that ends at the empty path.
+    #[test]
+    fn client_reads_and_lists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("qdb.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let reply = |c: &mut UnixStream, ty: u32, p: &str, data: &[u8]| {
+                let mut h = [0u8; QDB_HDR_LEN];
+                h[..4].copy_from_slice(&ty.to_ne_bytes());
+                h[4..4 + p.len()].copy_from_slice(p.as_bytes());
+                h[68..].copy_from_slice(&(data.len() as u32).to_ne_bytes());
+                c.write_all(&h).unwrap();
+                c.write_all(data).unwrap();
+            };
+            for _ in 0..3 {
+                let mut h = [0u8; QDB_HDR_LEN];
+                c.read_exact(&mut h).unwrap();
+                let (ty, p, len) = qdb_parse_header(&h);
+                assert_eq!(len, 0);
+                got.push((ty, p.clone()));
+                match (ty, p.as_str()) {
+                    (QDB_CMD_READ, "/features-request/os") => {
+                        reply(&mut c, QDB_RESP_READ, &p, b"Linux")
+                    }
+                    (QDB_CMD_READ, _) => reply(&mut c, QDB_RESP_ERROR_NOENT, &p, b""),
+                    (QDB_CMD_LIST, _) => {
+                        reply(&mut c, QDB_RESP_LIST, "/features-request/gui", b"");
+                        reply(&mut c, QDB_RESP_LIST, "/features-request/os", b"");
+                        reply(&mut c, QDB_RESP_LIST, "", b"");
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            got
+        });
+        let mut db = QubesDbClient::connect(&path, "work").unwrap();
+        assert_eq!(
+            db.list("/features-request/").unwrap(),
+            ["/features-request/gui", "/features-request/os"]
+        );
+        assert_eq!(db.read("/features-request/os").unwrap().unwrap(), b"Linux");
+        assert_eq!(db.read("/features-request/none").unwrap(), None);
+        assert_eq!(
+            server.join().unwrap(),
+            [
+                (QDB_CMD_LIST, "/features-request/".to_string()),
+                (QDB_CMD_READ, "/features-request/os".to_string()),
+                (QDB_CMD_READ, "/features-request/none".to_string()),
+            ]
         );
     }
 }

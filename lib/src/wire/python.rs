@@ -69,9 +69,44 @@ pub fn int(s: &str, base: u32) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
+/// A JSON string as Python's `json.dumps` writes it (`ensure_ascii`): `"` and `\` escaped,
+/// the short escapes for BS, TAB, LF, FF and CR, `\u00XX` for other control characters and
+/// `\uXXXX` (surrogate pairs above U+FFFF) for anything not ASCII.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\u{c}' => out.push_str("\\f"),
+            '\r' => out.push_str("\\r"),
+            c if (' '..='~').contains(&c) => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_like_cpython() {
+        assert_eq!(json_str("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(json_str("\t\n\x01\x7f"), r#""\t\n\u0001\u007f""#);
+        assert_eq!(json_str("é😀"), r#""\u00e9\ud83d\ude00""#);
+    }
 
     #[test]
     fn repr_like_cpython() {

@@ -4,7 +4,9 @@
 //! * **qrexec exec-service mode** — whenever `QREXEC_SERVICE_FULL_NAME` is set (or the binary is
 //!   invoked under an `admin.*` name). argv is then never read as options: qrexec passes the
 //!   call's argument as argv[1], so `admin.vm.List+--socket-request` must stay an argument.
-//! * `--socket-request` — one request in qubesd socket framing on stdin.
+//! * `--socket-request[=admin|internal|misc]` — one request in qubesd socket framing on stdin,
+//!   to one of qubesd's three sockets (the admin socket by default). systemd's socket units
+//!   (`qubes-rpc/*.socket`, `Accept=yes`) start one per connection.
 //! * `call METHOD[+ARG] [DEST] [--src NAME]` — for humans: OK body on stdout, exception as
 //!   `Type: message` on stderr and exit status 1.
 //! * `methods` — the qrexec service names generated from the dispatch table.
@@ -16,11 +18,13 @@ use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::process::ExitCode;
 
+use qubes_admin::api::{Endpoint, Socket};
 use qubes_admin::wire::{self, RawRequest, Target};
 use qubes_admin::{ApiError, Config, System};
 
 const USAGE: &str = "usage:
-  qubes-admin-call --socket-request        < '<method>+<arg> <src> name <dest>\\0<payload>'
+  qubes-admin-call --socket-request[=admin|internal|misc]
+                                           < '<method>+<arg> <src> name <dest>\\0<payload>'
   qubes-admin-call call METHOD[+ARG] [DEST] [--src NAME]   (payload on stdin unless a tty)
   qubes-admin-call methods [--markdown|--policy]   (qrexec service names, one per line; or the
                                            method table; or 90-admin-default.policy)
@@ -49,7 +53,7 @@ fn main() -> ExitCode {
     if let Some(service) = service {
         return exec_service(service.into_vec());
     }
-    if argv0.starts_with(b"admin.") {
+    if argv0.starts_with(b"admin.") || argv0.starts_with(b"qubes.") {
         // Invoked through an /etc/qubes-rpc link without qrexec's variables: the method is the
         // link name and argv[1] the argument (still never an option).
         let mut full = argv0;
@@ -62,7 +66,17 @@ fn main() -> ExitCode {
         return exec_service(full);
     }
     match args.get(1).map(|a| a.as_bytes()) {
-        Some(b"--socket-request") if args.len() == 2 => socket_request(),
+        Some(b"--socket-request") if args.len() == 2 => socket_request(Socket::Admin),
+        Some(a) if a.starts_with(b"--socket-request=") && args.len() == 2 => {
+            let name = String::from_utf8_lossy(a.get(17..).unwrap_or_default()).into_owned();
+            match Socket::from_name(&name) {
+                Some(s) => socket_request(s),
+                None => {
+                    eprintln!("unknown socket '{name}' (admin, internal or misc)\n{USAGE}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some(b"call") => human_call(args.get(2..).unwrap_or_default()),
         Some(b"methods") if args.get(2).map(|a| a.as_bytes()) == Some(b"--markdown") => {
             write_out(qubes_admin::api::markdown().as_bytes());
@@ -131,21 +145,24 @@ fn exec_service(service: Vec<u8>) -> ExitCode {
             payload,
         )
     });
-    reply(result);
+    reply(result, Endpoint::Qrexec);
     // qrexec's exit status is 0 even for an exception frame.
     ExitCode::SUCCESS
 }
 
-fn socket_request() -> ExitCode {
-    reply(read_stdin().and_then(|buf| wire::parse_socket_request(&buf)));
+fn socket_request(socket: Socket) -> ExitCode {
+    reply(
+        read_stdin().and_then(|buf| wire::parse_socket_request(&buf)),
+        Endpoint::Socket(socket),
+    );
     ExitCode::SUCCESS
 }
 
-fn reply(request: Result<RawRequest, ApiError>) {
+fn reply(request: Result<RawRequest, ApiError>, endpoint: Endpoint) {
     match request {
         Ok(raw) => {
             let mut out = std::io::stdout().lock();
-            let mut system = System::open(Config::from_env());
+            let mut system = System::open(Config::from_env()).serving(endpoint);
             // The caller may be gone; nothing to do about it.
             let _ = system.serve(&raw, &mut out);
             if std::env::var_os("QUBES_ADMIN_TIMING").is_some() {
@@ -266,7 +283,7 @@ fn local_qrexec(source: &OsString, target: &OsString, service: &OsString) -> Exi
                     payload,
                 )
             });
-            reply(result);
+            reply(result, Endpoint::Qrexec);
             ExitCode::SUCCESS
         }
     }

@@ -179,7 +179,7 @@ impl System {
             .value
             .and_then(|v| v.parse().ok())
             .unwrap_or(3);
-        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
+        let doc = cached_document(&mut self.cache, &self.config, self.hv.as_ref())?;
         let rt = self.hv.runtime()?;
         let mut qubes = Vec::new();
         for id in doc.domains() {
@@ -211,6 +211,9 @@ impl System {
     fn execute_write(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
         self.cache = None;
         let mut txn = WriteTxn::begin(&self.config.xml_path, self.config.lock_timeout)?;
+        // A write saves the migrated form of an older file (with its own change).
+        let loaded = txn.stamp();
+        model::migrate::prepare(&self.config, self.hv.as_ref(), txn.doc_mut(), &loaded)?;
         let r = api::request::resolve_request(txn.doc(), raw, self.endpoint)?;
         let (body, outcome) = {
             let handler = r.method.handler;
@@ -247,6 +250,11 @@ impl System {
                 return Err(e.into());
             }
         };
+        // What we saved is current: the next call need not look for old forms.
+        let saved = txn.stamp();
+        if saved != loaded {
+            model::migrate::mark_current(&self.config, &saved);
+        }
         drop(txn);
         for f in outcome.after_commit {
             f();
@@ -262,13 +270,13 @@ impl System {
     /// The current qubes.xml, parsed once and reused while the file is unchanged (same inode,
     /// size and mtime): typed access to labels, pools, domains and what they store.
     pub fn document(&mut self) -> Result<&Document, ApiError> {
-        cached_document(&mut self.cache, &self.config.xml_path)
+        cached_document(&mut self.cache, &self.config, self.hv.as_ref())
     }
 
     /// The qrexec policy's verdict on `req`, evaluated on the current qubes.xml and runtime
     /// as the policy daemon would (the local-qrexec tool; nothing is executed).
     pub fn policy_verdict(&mut self, req: &policy::Request) -> Result<policy::Verdict, ApiError> {
-        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
+        let doc = cached_document(&mut self.cache, &self.config, self.hv.as_ref())?;
         let dom0 = doc
             .domain_by_name("dom0")
             .ok_or_else(|| ApiError::vm_not_found("dom0"))?;
@@ -292,7 +300,7 @@ impl System {
         vm: Option<&str>,
         name: &str,
     ) -> Result<model::props::PropertyValue, ApiError> {
-        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
+        let doc = cached_document(&mut self.cache, &self.config, self.hv.as_ref())?;
         let dom0 = doc
             .domain_by_name("dom0")
             .ok_or_else(|| ApiError::vm_not_found("dom0"))?;
@@ -326,7 +334,7 @@ impl System {
         &mut self,
         raw: &RawRequest,
     ) -> Result<(Vec<u8>, Option<model::context::Stream>), ApiError> {
-        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
+        let doc = cached_document(&mut self.cache, &self.config, self.hv.as_ref())?;
         let r = api::request::resolve_request(doc, raw, self.endpoint)?;
         let handler = r.method.handler;
         let mut ctx = Ctx::new(
@@ -363,7 +371,7 @@ impl System {
     /// current qubes.xml, its events logged as a call's are. A qube unknown to qubes.xml is
     /// none of ours.
     pub fn domain_event(&mut self, ev: &runtime::DomainEvent) -> Result<(), ApiError> {
-        let doc = cached_document(&mut self.cache, &self.config.xml_path)?;
+        let doc = cached_document(&mut self.cache, &self.config, self.hv.as_ref())?;
         let (Some(id), Some(dom0)) = (doc.domain_by_uuid(&ev.uuid), doc.domain_by_name("dom0"))
         else {
             return Ok(());
@@ -428,15 +436,19 @@ pub fn react_to_domain_event(
 /// A free function over the cache field, so that callers can keep borrowing `config` and `hv`.
 fn cached_document<'c>(
     cache: &'c mut Option<(FileStamp, Document, std::fs::File)>,
-    path: &std::path::Path,
+    config: &Config,
+    hv: &dyn Hypervisor,
 ) -> Result<&'c Document, ApiError> {
+    let path = &config.xml_path;
     let stamp = store::stamp(path).ok();
     let fresh = matches!((&*cache, stamp), (Some((s, _, _)), Some(now)) if *s == now);
     if !fresh {
         // Close the old version first: this process's own descriptor is no reason to keep the
         // old inode.
         *cache = None;
-        let (doc, stamp, file) = store::load_open(path)?;
+        let (mut doc, stamp, file) = store::load_open(path)?;
+        // The reference's view of an older file (nothing is written by a read).
+        model::migrate::prepare(config, hv, &mut doc, &stamp)?;
         return Ok(&cache.insert((stamp, doc, file)).1);
     }
     match cache {

@@ -21,6 +21,7 @@ pub mod features;
 pub mod firewall;
 pub mod labels;
 pub mod lifecycle;
+pub mod migrate;
 pub mod new_qube;
 pub mod notes_sanitize;
 pub mod power_state;

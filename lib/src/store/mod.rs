@@ -242,6 +242,18 @@ impl WriteTxn {
     pub fn doc(&self) -> &Document {
         &self.doc
     }
+    /// The version locked last: the one loaded, or after a commit the one saved.
+    pub fn stamp(&self) -> FileStamp {
+        match self.locked.last().and_then(|f| f.metadata().ok()) {
+            Some(md) => stamp_of(&md),
+            None => FileStamp {
+                dev: 0,
+                ino: 0,
+                size: 0,
+                mtime_ns: 0,
+            },
+        }
+    }
     pub fn doc_mut(&mut self) -> &mut Document {
         &mut self.doc
     }

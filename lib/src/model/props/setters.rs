@@ -114,7 +114,7 @@ fn tags_with_prefix(ctx: &Ctx<'_>, id: DomId, prefix: &str) -> Result<Vec<String
 }
 
 /// GUI extension: exactly one `guivm-<name>` tag, kept if already right.
-fn retag_guivm(ctx: &mut Ctx<'_>, id: DomId, new: Option<&str>) -> Result<(), ApiError> {
+pub fn retag_guivm(ctx: &mut Ctx<'_>, id: DomId, new: Option<&str>) -> Result<(), ApiError> {
     let want = new.map(|n| format!("guivm-{n}"));
     let mut found = false;
     for t in tags_with_prefix(ctx, id, "guivm-")? {
@@ -131,7 +131,7 @@ fn retag_guivm(ctx: &mut Ctx<'_>, id: DomId, new: Option<&str>) -> Result<(), Ap
 }
 
 /// Audio extension: drops every `audiovm-*` tag, then adds the current one.
-fn retag_audiovm(ctx: &mut Ctx<'_>, id: DomId, new: Option<&str>) -> Result<(), ApiError> {
+pub fn retag_audiovm(ctx: &mut Ctx<'_>, id: DomId, new: Option<&str>) -> Result<(), ApiError> {
     for t in tags_with_prefix(ctx, id, "audiovm-")? {
         remove_tag(ctx, id, &t)?;
     }

@@ -602,6 +602,38 @@ fn failpoints_every_point_every_method() {
     eprintln!("crash: {cases} fail-point cases passed");
 }
 
+/// qubes.xml truncated in place by another program while a call reads it through its mapping:
+/// the call answers an exception frame (no silent crash) and changes nothing, for a read and
+/// for a write.
+#[cfg(feature = "failpoints")]
+#[test]
+fn truncated_under_the_mapping() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("ref");
+    let dir = tmp.path().join("trial");
+    let old = start_state(&scratch);
+    let m = &methods()[0];
+    for r in [&m.read, &m.write] {
+        install(&dir, &old);
+        let out = finish(spawn(&dir, r, Some("truncate-after-map")));
+        assert!(out.status.success(), "{r:?}: {:?}", out.status);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "2\0QubesException\0\0qubes.xml was truncated in place by another program while \
+             this call read it; the call was stopped (writers must replace the file by rename, \
+             as qubesd and qubes-admin-rs do)\0",
+            "{r:?}"
+        );
+        let now = capture(&dir);
+        assert!(now.xml.is_empty(), "{r:?}: the truncated file was replaced");
+        assert!(
+            now.log == old.log && now.temps.is_empty(),
+            "{r:?}: something was written"
+        );
+    }
+}
+
 /// A build without the feature must ignore `QUBES_ADMIN_FAILPOINT` entirely.
 #[cfg(not(feature = "failpoints"))]
 #[test]

@@ -151,3 +151,88 @@ pub fn ficlone(dst: &std::fs::File, src: &std::fs::File) -> nix::Result<()> {
     // valid; FICLONE takes the source descriptor by value and writes no memory of ours.
     unsafe { ficlone_raw(dst.as_raw_fd(), src_fd) }.map(|_| ())
 }
+
+/// What a call answers when qubes.xml is truncated in place under its mapping (see
+/// [`guard_sigbus`]).
+const SIGBUS_FRAME: &[u8] = b"2\0QubesException\0\0qubes.xml was truncated in place by another \
+program while this call read it; the call was stopped (writers must replace the file by \
+rename, as qubesd and qubes-admin-rs do)\0";
+
+static SIGBUS_GUARDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigbus(_: nix::libc::c_int) {
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; the frame is a static.
+    unsafe {
+        let _ = nix::libc::write(1, SIGBUS_FRAME.as_ptr().cast(), SIGBUS_FRAME.len());
+        nix::libc::_exit(0);
+    }
+}
+
+/// For a per-call process: a SIGBUS (a mapped file truncated under us: only qubes.xml is
+/// mapped) ends the call with an exception frame on stdout instead of a silent crash, and
+/// qubes.xml may then be read through a mapping ([`Mapping`]) instead of a copy. Library users
+/// that do not call this keep reading it with read(2).
+pub fn guard_sigbus() {
+    // SAFETY: the handler only calls async-signal-safe functions (see `on_sigbus`).
+    if unsafe { signal(Signal::SIGBUS, SigHandler::Handler(on_sigbus)) }.is_ok() {
+        SIGBUS_GUARDED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether [`guard_sigbus`] was installed.
+pub fn sigbus_guarded() -> bool {
+    SIGBUS_GUARDED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A read-only private mapping of a whole file: its pages come from the page cache on first
+/// touch (no copy, no zeroed buffer), which is what makes loading a large qubes.xml cheap.
+pub struct Mapping {
+    ptr: std::ptr::NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `file` (`None` for an empty file or a failed mmap: the
+    /// caller reads the file instead).
+    pub fn of(file: &std::fs::File, len: usize) -> Option<Mapping> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let size = std::num::NonZeroUsize::new(len)?;
+        // SAFETY: a new private read-only mapping aliases no Rust object. Its contents can
+        // change only if another program writes the file in place (qubesd and we replace it by
+        // rename, which leaves this inode as it was); a truncation raises SIGBUS, which
+        // `guard_sigbus` turns into an exception frame (callers map only when it is installed).
+        let ptr = unsafe {
+            mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_PRIVATE,
+                file,
+                0,
+            )
+        }
+        .ok()?;
+        Some(Mapping { ptr, len })
+    }
+}
+
+impl std::ops::Deref for Mapping {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live mapping of `len` readable bytes until `drop` unmaps it.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `of`; no slice of it outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr, self.len) };
+    }
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mapping({} bytes)", self.len)
+    }
+}

@@ -39,10 +39,27 @@ pub struct DomId(pub usize);
 
 /// The uuid of the AdminVM.
 pub const DOM0_UUID: &str = "00000000-0000-0000-0000-000000000000";
+/// The bytes of one qubes.xml version: a copy, or (per-call processes) a mapping of the file.
+#[derive(Debug)]
+pub enum Source {
+    Owned(Vec<u8>),
+    Mapped(crate::ffi::Mapping),
+}
+
+impl std::ops::Deref for Source {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Source::Owned(v) => v,
+            Source::Mapped(m) => m,
+        }
+    }
+}
+
 /// One qubes.xml, indexed. Domains are parsed lazily on first access.
 #[derive(Debug)]
 pub struct Document {
-    pub(super) src: Vec<u8>,
+    pub(super) src: Source,
     /// Root element (`<qubes>`): end of its start tag, and start of its end tag.
     pub(super) root_open_end: usize,
     pub(super) root_self_closing: bool,
@@ -71,6 +88,11 @@ pub struct Document {
 
 impl Document {
     pub fn parse(bytes: Vec<u8>) -> Result<Document, StoreError> {
+        Document::parse_source(Source::Owned(bytes))
+    }
+
+    /// [`Document::parse`] of bytes that may be a mapping.
+    pub fn parse_source(bytes: Source) -> Result<Document, StoreError> {
         let mut doc = Document::empty();
         match doc.index(&bytes, true) {
             Err(e) if e.reason == RETRY_SLOW => {
@@ -86,7 +108,7 @@ impl Document {
 
     fn empty() -> Document {
         Document {
-            src: Vec::new(),
+            src: Source::Owned(Vec::new()),
             root_open_end: 0,
             root_self_closing: false,
             root_close_start: 0,

@@ -68,8 +68,44 @@ fn name_end_at(src: &[u8], i: usize) -> bool {
 
 /// Identity found by the index: name, qid, uuid.
 type Ids = (Txt, Option<u32>, Option<Txt>);
-/// One indexed domain: lead, span, class, identity (None: parse the domain to find it).
-type Indexed = (Span, Span, Txt, Option<Ids>);
+
+/// One indexed domain from its lead, span, class and identity (None: the domain is parsed now
+/// to find it, and stays parsed).
+fn make_dom(
+    src: &[u8],
+    lead: Span,
+    span: Span,
+    class: Txt,
+    ids: Option<Ids>,
+) -> Result<Dom, XmlError> {
+    let data = OnceCell::new();
+    let (name, qid, uuid) = match ids {
+        Some(ids) => ids,
+        None => {
+            let d = DomainData::parse(src, span)?;
+            let ids = (
+                Txt::Own(d.property("name").unwrap_or_default().to_string()),
+                d.property("qid").and_then(|q| q.trim().parse().ok()),
+                d.property("uuid").map(|u| Txt::Own(u.to_string())),
+            );
+            let _ = data.set(Box::new(d));
+            ids
+        }
+    };
+    let admin = class.get(src) == "AdminVM";
+    Ok(Dom {
+        span: Some(span),
+        lead: Some(lead),
+        admin,
+        class,
+        name,
+        qid,
+        uuid,
+        data,
+        removed: false,
+        virt: false,
+    })
+}
 
 /// Text that is either a verbatim (entity-free, UTF-8) span of the source or owned.
 #[derive(Debug, Clone)]
@@ -257,37 +293,7 @@ impl Document {
                                 open_end: t.span.end,
                                 self_closing: false,
                             });
-                            for (lead, span, class, ids) in doms {
-                                let data = OnceCell::new();
-                                let (name, qid, uuid) = match ids {
-                                    Some(ids) => ids,
-                                    None => {
-                                        let d = DomainData::parse(src, span)?;
-                                        let ids = (
-                                            Txt::Own(
-                                                d.property("name").unwrap_or_default().to_string(),
-                                            ),
-                                            d.property("qid").and_then(|q| q.trim().parse().ok()),
-                                            d.property("uuid").map(|u| Txt::Own(u.to_string())),
-                                        );
-                                        let _ = data.set(Box::new(d));
-                                        ids
-                                    }
-                                };
-                                let admin = class.get(src) == "AdminVM";
-                                self.doms.push(Dom {
-                                    span: Some(span),
-                                    lead: Some(lead),
-                                    admin,
-                                    class,
-                                    name,
-                                    qid,
-                                    uuid,
-                                    data,
-                                    removed: false,
-                                    virt: false,
-                                });
-                            }
+                            self.doms = doms;
                         }
                     } else if !empty {
                         lx.skip_element()?;
@@ -303,9 +309,10 @@ impl Document {
     /// every `</domain` is an end tag). Returns None to fall back. A nested `<domain>` makes a later
     /// step fail (the next non-blank content is then not a `<domain` start tag); a nested
     /// `<domains>` is caught by the caller (the next end tag is then not `</qubes>`).
-    fn index_domains_fast(src: &[u8], content_start: usize) -> Option<(Vec<Indexed>, usize)> {
+    fn index_domains_fast(src: &[u8], content_start: usize) -> Option<(Vec<Dom>, usize)> {
         let dom_close = memmem::Finder::new(b"</domain");
-        let mut out = Vec::with_capacity(src.len().saturating_sub(content_start) / 1024 + 1);
+        // Domains are 1–2 KiB in canonical files: one allocation, touched once.
+        let mut out = Vec::with_capacity(src.len().saturating_sub(content_start) / 1280 + 2);
         let mut pos = content_start;
         loop {
             let lead_start = pos;
@@ -328,7 +335,7 @@ impl Document {
                 .unwrap_or_default();
             let lead = Span::new(lead_start, pos);
             if empty {
-                out.push((lead, tok.span, class, None));
+                out.push(make_dom(src, lead, tok.span, class, None).ok()?);
                 pos = tok.span.end;
                 continue;
             }
@@ -356,7 +363,7 @@ impl Document {
                 }
                 from = at + 1;
             }
-            out.push((lead, Span::new(pos, end), class, ids));
+            out.push(make_dom(src, lead, Span::new(pos, end), class, ids).ok()?);
             pos = end;
         }
     }
@@ -403,10 +410,7 @@ impl Document {
     }
 
     /// The general path: lex the `<domains>` content.
-    fn index_domains_slow(
-        src: &[u8],
-        lx: &mut Lexer<'_>,
-    ) -> Result<(Vec<Indexed>, usize), XmlError> {
+    fn index_domains_slow(src: &[u8], lx: &mut Lexer<'_>) -> Result<(Vec<Dom>, usize), XmlError> {
         let mut out = Vec::new();
         let mut lead_start = lx.pos();
         loop {
@@ -438,12 +442,13 @@ impl Document {
                             .unwrap_or_default();
                         let ids =
                             (class.get(src) == "AdminVM").then(|| (Txt::default(), Some(0), None));
-                        out.push((
+                        out.push(make_dom(
+                            src,
                             Span::new(lead_start, t.span.start),
                             Span::new(t.span.start, end),
                             class,
                             ids,
-                        ));
+                        )?);
                         lead_start = end;
                     }
                 }

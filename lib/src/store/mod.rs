@@ -11,7 +11,7 @@ pub mod lock;
 mod section;
 pub mod xml;
 
-pub use document::{Document, DomId, Label, Pool, DOM0_UUID};
+pub use document::{Document, DomId, Label, Pool, Source, DOM0_UUID};
 pub use domain::DomainData;
 
 use std::fs::{File, OpenOptions};
@@ -92,8 +92,24 @@ pub fn load(path: &Path) -> Result<(Document, FileStamp), StoreError> {
 pub fn load_open(path: &Path) -> Result<(Document, FileStamp, File), StoreError> {
     let f = File::open(path).map_err(|e| io_err(path, e))?;
     let md = f.metadata().map_err(|e| io_err(path, e))?;
-    let bytes = read_all(path, &f, md.size())?;
-    Ok((Document::parse(bytes)?, stamp_of(&md), f))
+    let src = read_source(path, &f, md.size())?;
+    Ok((Document::parse_source(src)?, stamp_of(&md), f))
+}
+
+/// The file's bytes: a per-call process maps it (no copy; only the pages it touches are
+/// read; see `ffi::guard_sigbus` for why only there), anyone else reads it.
+fn read_source(path: &Path, f: &File, size: u64) -> Result<Source, StoreError> {
+    let mapped = match usize::try_from(size) {
+        Ok(len) if crate::ffi::sigbus_guarded() => crate::ffi::Mapping::of(f, len),
+        _ => None,
+    };
+    Ok(match mapped {
+        Some(m) => {
+            failpoint_truncate("truncate-after-map", path);
+            Source::Mapped(m)
+        }
+        None => Source::Owned(read_all(path, f, size)?),
+    })
 }
 
 /// Test hook: with the `failpoints` feature, aborts the process if `QUBES_ADMIN_FAILPOINT`
@@ -109,6 +125,23 @@ pub fn failpoint(name: &str) {
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
+}
+
+/// Test hook: with the `failpoints` feature, truncates `path` in place (as a program that
+/// rewrites qubes.xml in place would) if `QUBES_ADMIN_FAILPOINT` names this point.
+#[inline]
+fn failpoint_truncate(name: &str, path: &Path) {
+    #[cfg(feature = "failpoints")]
+    {
+        if std::env::var_os("QUBES_ADMIN_FAILPOINT").is_some_and(|v| v == name) {
+            let _ = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(0));
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (name, path);
 }
 
 /// A random hex suffix for temp files (from /dev/urandom, else pid/time/counter hashing).
@@ -230,8 +263,7 @@ impl WriteTxn {
                 continue;
             }
             sweep_stale_temps(path);
-            let bytes = read_all(path, &f, md.size())?;
-            let doc = Document::parse(bytes)?;
+            let doc = Document::parse_source(read_source(path, &f, md.size())?)?;
             return Ok(WriteTxn {
                 path: path.to_path_buf(),
                 locked: vec![f],

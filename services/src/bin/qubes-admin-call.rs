@@ -40,6 +40,9 @@ environment: QUBES_XML_PATH QUBES_BASE_DIR QUBES_LIBVIRT_URI QUBES_RUN_DIR QUBES
 fn main() -> ExitCode {
     // A caller that disconnects must not interrupt an operation: finish, then exit.
     qubes_admin::ffi::ignore_sigpipe();
+    // qubes.xml is read through a mapping; its truncation by another program ends the call
+    // with an exception frame.
+    qubes_admin::ffi::guard_sigbus();
     let args: Vec<OsString> = std::env::args_os().collect();
     let service = std::env::var_os("QREXEC_SERVICE_FULL_NAME");
     let argv0 = args

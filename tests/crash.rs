@@ -3,7 +3,8 @@
 //!
 //! * `failpoints_every_point_every_method` (cargo feature `failpoints`): every fail point of the
 //!   store (`after-temp-write`, `after-fsync`, `before-rename`, `after-rename`,
-//!   `during-event-append`) × five write methods; the call aborts there.
+//!   `during-event-append`, `torn-index`: the new version's index file cut in half) × five
+//!   write methods; the call aborts there.
 //! * `sigkill_random_moments`: writes killed with SIGKILL after a random delay (seeded RNG; the
 //!   seed is printed, `CRASH_SEED` replays it; `CRASH_TRIALS` sets the number of trials, default
 //!   100).
@@ -532,11 +533,12 @@ fn killed_by(out: &Output) -> Option<i32> {
 #[test]
 fn failpoints_every_point_every_method() {
     let _serial = serial();
-    const POINTS: [&str; 5] = [
+    const POINTS: [&str; 6] = [
         "after-temp-write",
         "after-fsync",
         "before-rename",
         "after-rename",
+        "torn-index",
         "during-event-append",
     ];
     let tmp = tempfile::tempdir().unwrap();
@@ -585,6 +587,12 @@ fn failpoints_every_point_every_method() {
                         Events::All
                     };
                     assert_eq!(c.events, want, "{what}: events logged");
+                }
+                "torn-index" => {
+                    // The index of the new version is written after its events, still under
+                    // the lock; a torn one must be ignored by the next read.
+                    assert!(c.committed, "{what}: not committed");
+                    assert_eq!(c.events, Events::All, "{what}: events logged");
                 }
                 _ => {
                     assert!(c.committed, "{what}: not committed");

@@ -38,7 +38,10 @@ fn marker(config: &Config) -> PathBuf {
 }
 
 fn stamp_text(s: &FileStamp) -> String {
-    format!("{} {} {} {}\n", s.dev, s.ino, s.size, s.mtime_ns)
+    format!(
+        "{} {} {} {} {}\n",
+        s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns
+    )
 }
 
 /// Records that the qubes.xml version `stamp` needs no migration (best effort: a cache; a

@@ -106,7 +106,7 @@ impl Document {
         Ok(doc)
     }
 
-    fn empty() -> Document {
+    pub(super) fn empty() -> Document {
         Document {
             src: Source::Owned(Vec::new()),
             root_open_end: 0,

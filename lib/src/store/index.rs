@@ -171,7 +171,12 @@ pub(super) type HashIndex = HashMap<u64, DomId, std::hash::BuildHasherDefault<Id
 const AMBIGUOUS: DomId = DomId(usize::MAX);
 
 fn index_insert(map: &mut HashIndex, key: &str, id: DomId, name_of: impl Fn(DomId) -> bool) {
-    let h = fnv(key);
+    index_insert_hashed(map, fnv(key), id, name_of);
+}
+
+/// [`index_insert`] of a key already hashed (`name_of` tells whether a domain already in the
+/// map has the same key: only asked on a hash collision).
+fn index_insert_hashed(map: &mut HashIndex, h: u64, id: DomId, name_of: impl Fn(DomId) -> bool) {
     match map.get(&h).copied() {
         Some(old) if old != AMBIGUOUS && !name_of(old) => {
             map.insert(h, AMBIGUOUS);
@@ -489,6 +494,91 @@ impl Document {
             self.index_ids(DomId(i));
         }
         Ok(())
+    }
+
+    /// A document from `src` and its index file's contents (see `file_index`): the top-level
+    /// sections are parsed at their recorded spans, domains are not scanned, and the name and
+    /// uuid maps come from the recorded hashes. None if the recorded spans do not hold what they
+    /// should (the caller then scans).
+    pub(super) fn from_decoded(
+        src: super::document::Source,
+        d: super::file_index::Decoded,
+    ) -> Result<Document, super::document::Source> {
+        let Some((mut doc, hashes)) = Self::build_decoded(&src, d) else {
+            return Err(src);
+        };
+        doc.src = src;
+        let (mut by_name, mut by_uuid) = (HashIndex::default(), HashIndex::default());
+        by_name.reserve(doc.doms.len());
+        by_uuid.reserve(doc.doms.len());
+        for (i, (nh, uh)) in hashes.into_iter().enumerate() {
+            let id = DomId(i);
+            index_insert_hashed(&mut by_name, nh, id, |o| doc.name(o) == doc.name(id));
+            if let Some(uh) = uh {
+                index_insert_hashed(&mut by_uuid, uh, id, |o| {
+                    match (doc.uuid(o), doc.uuid(id)) {
+                        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                        _ => false,
+                    }
+                });
+            }
+        }
+        doc.by_name = by_name;
+        doc.by_uuid = by_uuid;
+        Ok(doc)
+    }
+
+    /// [`Document::from_decoded`] up to the maps (which need the source in place).
+    #[allow(clippy::type_complexity)]
+    fn build_decoded(
+        src: &[u8],
+        d: super::file_index::Decoded,
+    ) -> Option<(Document, Vec<(u64, Option<u64>)>)> {
+        let mut doc = Document::empty();
+        doc.root_open_end = d.root_open_end;
+        doc.root_close_start = d.root_close_start;
+        doc.root_self_closing = d.root_self_closing;
+        for (span, kind, tag) in [
+            (d.labels, Kind::Label, "labels"),
+            (d.pools, Kind::Pool, "pools"),
+            (d.props, Kind::Property, "properties"),
+        ] {
+            let Some(span) = span else { continue };
+            let mut lx = Lexer::new(src, span.start);
+            let t = lx.next_tok().ok()??;
+            let TokKind::Start { name, .. } = t.kind else {
+                return None;
+            };
+            if !name_is(src, name, tag) || t.span.start != span.start {
+                return None;
+            }
+            let sec = Section::parse(src, &mut lx, t, kind, tag, 1).ok()?;
+            if lx.pos() != span.end {
+                return None;
+            }
+            match kind {
+                Kind::Label => (doc.labels, doc.labels_span) = (sec, Some(span)),
+                Kind::Pool => (doc.pools, doc.pools_span) = (sec, Some(span)),
+                _ => (doc.props, doc.props_span) = (sec, Some(span)),
+            }
+        }
+        doc.domains_c = d.domains_c;
+        for dom in &d.doms {
+            // Each recorded domain starts with its start tag.
+            let at = dom.span.map_or(usize::MAX, |s| s.start);
+            if !src.get(at..)?.starts_with(b"<domain") {
+                return None;
+            }
+        }
+        if !d.doms.iter().any(Dom::is_admin) {
+            return None;
+        }
+        doc.doms = d.doms;
+        let hashes = d.hashes;
+        doc.label_list = doc.labels.entries().map(entry_label).collect();
+        doc.pool_list = doc.pools.entries().map(entry_pool).collect();
+        doc.order = (0..doc.doms.len()).map(DomId).collect();
+        Some((doc, hashes))
     }
 
     pub(super) fn index_ids(&mut self, id: DomId) {

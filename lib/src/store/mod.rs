@@ -6,6 +6,7 @@
 
 mod document;
 mod domain;
+mod file_index;
 mod index;
 pub mod lock;
 mod section;
@@ -44,6 +45,9 @@ pub struct FileStamp {
     pub ino: u64,
     pub size: u64,
     pub mtime_ns: i128,
+    /// The inode's change time: no program can set it, so a file replaced or rewritten with
+    /// its size and modification time restored still gets a new stamp.
+    pub ctime_ns: i128,
 }
 
 /// Stats `path` (no read).
@@ -58,6 +62,7 @@ fn stamp_of(md: &std::fs::Metadata) -> FileStamp {
         ino: md.ino(),
         size: md.size(),
         mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+        ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
     }
 }
 
@@ -90,10 +95,63 @@ pub fn load(path: &Path) -> Result<(Document, FileStamp), StoreError> {
 /// (ext4) hand its number out again at once, so a later version can have the same
 /// (dev, ino, size) and, with coarse timestamps, the same mtime as a version no longer open.
 pub fn load_open(path: &Path) -> Result<(Document, FileStamp, File), StoreError> {
+    load_open_indexed(path, None)
+}
+
+/// [`load_open`] with an index file (`file_index`): used when it describes this very version,
+/// else the file is scanned and a fresh index written there (best effort).
+pub fn load_open_indexed(
+    path: &Path,
+    index: Option<&Path>,
+) -> Result<(Document, FileStamp, File), StoreError> {
     let f = File::open(path).map_err(|e| io_err(path, e))?;
     let md = f.metadata().map_err(|e| io_err(path, e))?;
+    let stamp = stamp_of(&md);
     let src = read_source(path, &f, md.size())?;
-    Ok((Document::parse_source(src)?, stamp_of(&md), f))
+    Ok((parse_indexed(src, &stamp, index)?, stamp, f))
+}
+
+/// Builds the document of version `stamp` from its index file if that is valid for it, else
+/// by scanning (and then records the index).
+fn parse_indexed(
+    src: Source,
+    stamp: &FileStamp,
+    index: Option<&Path>,
+) -> Result<Document, StoreError> {
+    let Some(index) = index else {
+        return Document::parse_source(src);
+    };
+    let decoded = std::fs::read(index)
+        .ok()
+        .and_then(|b| file_index::decode(&b, stamp, src.len()));
+    let src = match decoded {
+        Some(d) => match Document::from_decoded(src, d) {
+            Ok(doc) => return Ok(doc),
+            Err(src) => src,
+        },
+        None => src,
+    };
+    let doc = Document::parse_source(src)?;
+    write_index(index, &doc, stamp);
+    Ok(doc)
+}
+
+/// Records the index of `doc` (the version `stamp`, unmodified) at `path`: temp file and rename,
+/// no fsync (a cache). Failures are ignored: the next reader scans.
+fn write_index(path: &Path, doc: &Document, stamp: &FileStamp) {
+    let Some(bytes) = file_index::encode(doc, stamp) else {
+        return;
+    };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = path.with_extension(format!("index.{}", std::process::id()));
+    if std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
 }
 
 /// The file's bytes: a per-call process maps it (no copy; only the pages it touches are
@@ -114,7 +172,7 @@ fn read_source(path: &Path, f: &File, size: u64) -> Result<Source, StoreError> {
 
 /// Test hook: with the `failpoints` feature, aborts the process if `QUBES_ADMIN_FAILPOINT`
 /// names this point (`after-temp-write`, `after-fsync`, `before-rename`, `after-rename`,
-/// `during-event-append`). Without the feature it compiles to nothing.
+/// `during-event-append`; `torn-index` is [`failpoint_tear`]). Without the feature it compiles to nothing.
 #[inline]
 pub fn failpoint(name: &str) {
     #[cfg(feature = "failpoints")]
@@ -138,6 +196,24 @@ fn failpoint_truncate(name: &str, path: &Path) {
                 .write(true)
                 .open(path)
                 .and_then(|f| f.set_len(0));
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (name, path);
+}
+
+/// Test hook: with the `failpoints` feature, cuts the file at `path` to half its length (a torn
+/// write) and aborts if `QUBES_ADMIN_FAILPOINT` names this point.
+#[inline]
+fn failpoint_tear(name: &str, path: &Path) {
+    #[cfg(feature = "failpoints")]
+    {
+        if std::env::var_os("QUBES_ADMIN_FAILPOINT").is_some_and(|v| v == name) {
+            if let Ok(f) = OpenOptions::new().write(true).open(path) {
+                let half = f.metadata().map(|m| m.len() / 2).unwrap_or(0);
+                let _ = f.set_len(half);
+            }
+            std::process::abort();
         }
     }
     #[cfg(not(feature = "failpoints"))]
@@ -229,12 +305,24 @@ pub struct WriteTxn {
     /// The locked descriptor(s): the file loaded, then each file committed.
     locked: Vec<File>,
     doc: Document,
+    /// The index file kept for each version (`file_index`), if any.
+    index: Option<PathBuf>,
 }
 
 impl WriteTxn {
     /// Locks (waiting at most `timeout`, then [`StoreError::Busy`]), re-checks that the locked
     /// descriptor is still the file at `path`, sweeps stale temp files, then loads.
     pub fn begin(path: &Path, timeout: Duration) -> Result<WriteTxn, StoreError> {
+        Self::begin_indexed(path, timeout, None)
+    }
+
+    /// [`WriteTxn::begin`], loading through the index file at `index` (and keeping it current
+    /// at each commit).
+    pub fn begin_indexed(
+        path: &Path,
+        timeout: Duration,
+        index: Option<&Path>,
+    ) -> Result<WriteTxn, StoreError> {
         let started = Instant::now();
         let deadline = started + timeout;
         loop {
@@ -263,11 +351,13 @@ impl WriteTxn {
                 continue;
             }
             sweep_stale_temps(path);
-            let doc = Document::parse_source(read_source(path, &f, md.size())?)?;
+            let src = read_source(path, &f, md.size())?;
+            let doc = parse_indexed(src, &stamp_of(&md), index)?;
             return Ok(WriteTxn {
                 path: path.to_path_buf(),
                 locked: vec![f],
                 doc,
+                index: index.map(Path::to_path_buf),
             });
         }
     }
@@ -283,6 +373,7 @@ impl WriteTxn {
                 ino: 0,
                 size: 0,
                 mtime_ns: 0,
+                ctime_ns: 0,
             },
         }
     }
@@ -373,6 +464,11 @@ impl WriteTxn {
             })?;
         }
         self.doc = new_doc;
+        if let Some(index) = &self.index {
+            // Still under the lock: no other writer can make it stale before it is in place.
+            write_index(index, &self.doc, &self.stamp());
+            failpoint_tear("torn-index", index);
+        }
         Ok(out)
     }
 }

@@ -12,7 +12,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_qubes-admin-call");
+/// Cargo's build, or the one `QUBES_ADMIN_CALL_BIN` names (as `tests/support`).
+fn bin() -> String {
+    std::env::var("QUBES_ADMIN_CALL_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_qubes-admin-call").to_string())
+}
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../tests/fixtures/gen10/qubes.xml"
@@ -33,7 +37,7 @@ impl Sandbox {
         self.dir.path().join("qubes.xml")
     }
     fn command(&self) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(bin());
         c.env_clear()
             .env("QUBES_XML_PATH", self.xml())
             .env("QUBES_BASE_DIR", self.dir.path())

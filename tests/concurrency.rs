@@ -93,7 +93,7 @@ impl Sys {
         assert!(
             out.status.success(),
             "{} exited with {} (killed after {:?}?) for {}; stderr {}",
-            support::BIN,
+            support::bin(),
             out.status,
             support::CALL_TIMEOUT,
             show(req),

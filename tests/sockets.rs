@@ -48,7 +48,7 @@ impl SocketUnit {
                 let output = OwnedFd::from(conn);
                 // A fresh Command per connection: a Command keeps its Stdio (and so the
                 // connection) open until it is dropped; the child must hold the only copies.
-                let child = std::process::Command::new(support::BIN)
+                let child = std::process::Command::new(support::bin())
                     .env_clear()
                     .envs(envs.iter().map(|(k, v)| (k, v)))
                     .arg(&arg)

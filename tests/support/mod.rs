@@ -23,8 +23,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_qubes-admin-call");
+/// The binary under test: cargo's build, or the one `QUBES_ADMIN_CALL_BIN` names
+/// (`scripts/test.sh` runs the byte-exact suites again on the static build that gets installed,
+/// `scripts/build-call.sh`).
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("QUBES_ADMIN_CALL_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_qubes-admin-call").to_string())
+    })
+}
 
 /// Per-call timeout (a hung call must fail the test, not hang it).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -135,7 +143,7 @@ impl Sandbox {
 
     /// The binary with a clean environment holding only the `QUBES_*` contract (and PATH).
     pub fn command(&self) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(bin());
         c.env_clear()
             .env("QUBES_XML_PATH", self.xml())
             .env("QUBES_BASE_DIR", self.base_dir())
@@ -189,7 +197,7 @@ pub fn run(mut c: Command, stdin: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin()));
     {
         let mut si = child.stdin.take().unwrap();
         // The binary may exit without reading (e.g. on a too-long request): ignore EPIPE.

@@ -40,7 +40,7 @@ fn env_for(dir: &Path) -> Vec<(String, String)> {
             "QUBES_POLICY_DIR".into(),
             dir.join("policy.d").display().to_string(),
         ),
-        ("QUBES_LIBVIRT_URI".into(), "test:///default".into()),
+        ("QUBES_LIBVIRT_URI".into(), uri().into()),
     ]
 }
 
@@ -139,19 +139,41 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// (RssAnon, RssFile) of a process, KiB: its own memory, and the pages of files (mostly
-/// shared libraries) it has touched, which every process mapping them shares.
-fn rss_split(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
+/// The libvirt the helper talks to: a private libvirtd with the test driver (as on a dom0, the
+/// driver then runs in the daemon, and the daemon maps the same libraries) where libvirtd is
+/// installed, else the in-process test driver. Set once in `main`.
+static URI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn uri() -> &'static str {
+    URI.get().map_or("test:///default", String::as_str)
+}
+
+/// Memory of a process (KiB, `/proc/PID/smaps_rollup`): resident; proportional (each shared
+/// page divided by the number of processes mapping it); unique (pages only it maps: what it
+/// costs the machine); anonymous (its own heap and stacks).
+#[derive(Clone, Copy)]
+struct Mem {
+    rss: u64,
+    pss: u64,
+    uss: u64,
+    anon: u64,
+}
+
+fn mem(pid: u32) -> Mem {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        s.lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("RssAnon:"), field("RssFile:"))
+    Mem {
+        rss: field("Rss:"),
+        pss: field("Pss:"),
+        uss: field("Private_Clean:") + field("Private_Dirty:"),
+        anon: field("Anonymous:"),
+    }
 }
 
 /// utime + stime of a process, clock ticks.
@@ -202,6 +224,9 @@ fn run(bin: &Path, dir: &Path, subs: &[Subscriber]) -> Vec<f64> {
     lat
 }
 
+/// Start/pause/unpause/kill cycles before the helper's last RSS reading.
+const LIFECYCLE_ROUNDS: usize = 30;
+
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = root.join("target/release/qubes-admin-call");
@@ -210,6 +235,15 @@ fn main() {
         bin.exists() && eventd.exists(),
         "build first: cargo build --release"
     );
+    let libvirtd = Command::new(root.join("tests/support/libvirtd.sh"))
+        .arg("start")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(u) = &libvirtd {
+        let _ = URI.set(u.clone());
+    }
     let work =
         std::env::temp_dir().join(format!("qubes-admin-bench-events-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -237,7 +271,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let helper_rss_start = rss_kib(helper.id());
+    let helper_start = mem(helper.id());
     let ticks_before = cpu_ticks(helper.id());
     std::thread::sleep(Duration::from_secs(5));
     let idle_ticks = cpu_ticks(helper.id()) - ticks_before;
@@ -253,10 +287,38 @@ fn main() {
             let _ = s.child.wait();
         }
     }
-    let helper_rss_end = rss_kib(helper.id());
-    let (anon, file) = rss_split(helper.id());
+    let helper_end = mem(helper.id());
+    // Then the helper's heavier work: a qube started, paused, unpaused and killed
+    // LIFECYCLE_ROUNDS times through it (domain XML defined, libvirt's lifecycle events, stop
+    // processing).
+    for req in [
+        &b"admin.vm.Create.TemplateVM+ dom0 name dom0\0name=bench-tpl label=black"[..],
+        b"admin.vm.Create.AppVM+bench-tpl dom0 name dom0\0name=bench-run label=red",
+        b"admin.vm.property.Set+netvm dom0 name bench-run\0",
+    ] {
+        call(&bin, &work, req);
+    }
+    std::fs::create_dir_all(work.join("vm-kernels/6.6.0-test")).unwrap();
+    std::fs::write(work.join("vm-kernels/6.6.0-test/vmlinuz"), b"").unwrap();
+    for _ in 0..LIFECYCLE_ROUNDS {
+        for op in ["Start", "Pause", "Unpause", "Kill"] {
+            call(
+                &bin,
+                &work,
+                format!("admin.vm.{op}+ dom0 name bench-run\0").as_bytes(),
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let helper_lifecycle = mem(helper.id());
     let _ = helper.kill();
     let _ = helper.wait();
+    if let Some(dir) = libvirtd.as_deref().and_then(|u| u.split("socket=").nth(1)) {
+        let dir = dir.trim_end_matches("/run/libvirt/libvirt-sock");
+        let _ = Command::new(root.join("tests/support/libvirtd.sh"))
+            .args(["stop", dir])
+            .output();
+    }
     let _ = std::fs::remove_dir_all(&work);
 
     let date = Command::new("date")
@@ -286,16 +348,43 @@ fn main() {
             *sub_rss as f64 / 1024.0
         ));
     }
+    let mib = |k: u64| k as f64 / 1024.0;
+    let row = |what: &str, m: Mem| {
+        format!(
+            "| {what} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |\n",
+            mib(m.rss),
+            mib(m.pss),
+            mib(m.uss),
+            mib(m.anon)
+        )
+    };
+    let all = [helper_start, helper_end, helper_lifecycle];
+    let peak = all.iter().map(|m| m.rss).max().unwrap_or(0);
+    let peak_uss = all.iter().map(|m| m.uss).max().unwrap_or(0);
+    let verdict = |k: u64| if k <= 8 * 1024 { "met" } else { "not met" };
     md.push_str(&format!(
-        "\nThe helper (`qubes-admin-eventd`, links libvirt): {:.1} MiB resident after start, {:.1} MiB after the \
-         rounds, of which {:.1} MiB its own (anonymous) and {:.1} MiB pages of shared libraries (libvirt.so, \
-         libcrypto, libxml2, glib, gnutls: shared with libvirtd, which maps the same files); {idle_ticks} clock ticks \
-         of CPU in 5 s idle. The 8 MiB target is not met by the resident size: the libraries' pages that libvirt's \
-         initialisation touches count in it.\n<!-- /bench:events -->\n",
-        helper_rss_start as f64 / 1024.0,
-        helper_rss_end as f64 / 1024.0,
-        anon as f64 / 1024.0,
-        file as f64 / 1024.0
+        "\nThe helper (`qubes-admin-eventd`, links libvirt's 57 libraries), connected to {}; {idle_ticks} clock ticks \
+         of CPU in 5 s idle:\n\n| when | RSS | PSS | USS (only its own pages) | of which anonymous |\n|---|---|---|---|---|\n{}{}{}\n\
+         Once started it pages out its read-only file mappings and turns off fault-around on them \
+         (`ffi::page_out_read_only_mappings`: libvirt's start-up alone faults in about 16 MiB of library pages). \
+         That returns the pages only the helper maps (USS); pages of libraries that libvirtd maps too stay in its \
+         RSS, though they cost the machine nothing beyond libvirtd's own mapping. The 8 MiB target is {} by the \
+         RSS ({:.1} MiB at most) and {} by what the helper costs, its USS ({:.1} MiB at most).\n<!-- /bench:events -->\n",
+        if libvirtd.is_some() {
+            "a private libvirtd with the test driver, as on a dom0 where libvirtd runs"
+        } else {
+            "libvirt's in-process test driver (libvirtd is not installed)"
+        },
+        row("after start", helper_start),
+        row("after the event rounds", helper_end),
+        row(
+            &format!("after {LIFECYCLE_ROUNDS} start/pause/unpause/kill cycles of a qube through it"),
+            helper_lifecycle
+        ),
+        verdict(peak),
+        mib(peak),
+        verdict(peak_uss),
+        mib(peak_uss),
     ));
     print!("{md}");
     let path = root.join("BENCHMARKS.md");

@@ -553,6 +553,8 @@ pub fn serve(config: &crate::Config, react: Option<Reactor>) -> Result<(), Event
             .map_err(EventdError::Thread)?;
     }
     eprintln!("qubes-admin-eventd: serving on {}", sock.display());
+    // Start-up is over: what it alone touched need not stay resident (ffi docs).
+    crate::ffi::page_out_read_only_mappings();
 
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };

@@ -305,9 +305,167 @@ pub fn domain_spec(
         virt_mode: VirtMode::parse(&text(id, "virt_mode").unwrap_or_default()),
         hvm,
         console_log: Some(dir.join("console.log").to_string_lossy().into_owned()),
+        pci: pci_devices(ctx, id)?,
+        e820_host: feature("pci-e820-host").is_none_or(|v| !v.is_empty()),
     })
+}
+
+/// The PCI devices to pass through: the `required` assignments of class `pci` from dom0
+/// (`<devices class="pci"><device backend-domain="dom0" port_id="00_14.0" mode="required">`,
+/// the port in `id` in files from before 4.3), with their `permissive` and `no-strict-reset`
+/// options. An assignment whose port cannot be read is an error: starting without a device
+/// the qube requires (sys-net's network card) would only fail later, less clearly.
+fn pci_devices(
+    ctx: &Ctx<'_>,
+    id: DomId,
+) -> Result<Vec<crate::runtime::domain_xml::PciDevice>, ApiError> {
+    use crate::runtime::domain_xml::PciDevice;
+    use crate::store::xml::{attr, Lexer, TokKind};
+    if !ctx.doc().may_contain(id, b"<devices") {
+        return Ok(Vec::new());
+    }
+    let data = ctx.doc().data(id)?;
+    let mut out = Vec::new();
+    for (_, raw) in data
+        .raw_elements()
+        .into_iter()
+        .filter(|(n, _)| *n == "devices")
+    {
+        let mut lx = Lexer::new(raw, 0);
+        let mut in_pci = false;
+        let mut current: Option<PciDevice> = None;
+        while let Ok(Some(tok)) = lx.next_tok() {
+            let TokKind::Start { name, attrs, empty } = tok.kind else {
+                if let TokKind::End { name } = tok.kind {
+                    if name.of(raw) == b"device" {
+                        out.extend(current.take());
+                    }
+                }
+                continue;
+            };
+            let get = |n: &str| attr(raw, attrs, n);
+            match name.of(raw) {
+                b"devices" => in_pci = get("class").as_deref() == Some("pci"),
+                b"device" if in_pci => {
+                    let required = get("mode").is_none_or(|m| m == "required");
+                    let from_dom0 = get("backend-domain").as_deref() == Some("dom0");
+                    current = None;
+                    if required && from_dom0 {
+                        let port = get("port_id").or_else(|| get("id")).unwrap_or_default();
+                        let dev = PciDevice::from_port(&port).ok_or_else(|| {
+                            ApiError::qubes(format!(
+                                "Invalid PCI device port id in the assignment of {}: {port:?}",
+                                ctx.doc().name(id)
+                            ))
+                        })?;
+                        if empty {
+                            out.push(dev);
+                        } else {
+                            current = Some(dev);
+                        }
+                    }
+                }
+                b"option" => {
+                    if let Some(d) = current.as_mut() {
+                        let on = get("value").is_some_and(|v| !v.is_empty());
+                        match get("name").as_deref() {
+                            Some("permissive") => d.permissive = on,
+                            Some("no-strict-reset") => d.no_strict_reset = on,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The kernel options every Xen guest gets before its `kernelopts`, unless its kernel directory
 /// says otherwise (`default-kernelopts-common.txt`).
 pub const DEFAULT_KERNELOPTS_COMMON: &str = "root=/dev/mapper/dmroot ro nomodeset console=hvc0 rd_NO_PLYMOUTH rd.plymouth.disable=1 clocksource=tsc xen_scrub_pages=0 ";
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::model::context::{Call, DocRef};
+    use crate::runtime::domain_xml::PciDevice;
+    use crate::runtime::{HostInfo, Offline};
+    use crate::store::Document;
+
+    /// sys-net of the `gen10` fixture with `devices` spliced in after its volume config.
+    fn pci_of(devices: &str) -> Result<Vec<PciDevice>, ApiError> {
+        let xml = include_str!("../../../tests/fixtures/gen10/qubes.xml");
+        let at = xml.find("appvms/sys-net/volatile").unwrap();
+        let end = at + xml[at..].find("</volume-config>\n").unwrap() + 16;
+        let xml = format!("{}      {devices}\n{}", &xml[..end], &xml[end..]);
+        let doc = Document::parse(xml.into_bytes()).unwrap();
+        let config = crate::Config::default();
+        let hv = Offline {
+            host: HostInfo {
+                memory_mib: 4096,
+                cpus: 2,
+            },
+        };
+        let id = doc.domain_by_name("sys-net").unwrap();
+        let call = Call {
+            method: "admin.vm.Start",
+            src: doc.domain_by_name("dom0").unwrap(),
+            dest: id,
+            arg: String::new(),
+            payload: Vec::new(),
+        };
+        let ctx = Ctx::new(&config, call, DocRef::Read(&doc), &hv);
+        pci_devices(&ctx, id)
+    }
+
+    fn bdf(d: &PciDevice) -> (u16, u8, u8, u8, bool, bool) {
+        (
+            d.segment,
+            d.bus,
+            d.slot,
+            d.function,
+            d.permissive,
+            d.no_strict_reset,
+        )
+    }
+
+    #[test]
+    fn pci_assignments_for_the_domain_xml() {
+        // 4.4's form; the pre-4.3 form (port in `id`, after the load-time migration); a
+        // non-required one and another class are not passed through.
+        let got = pci_of(
+            "<devices class=\"pci\">\
+             <device backend-domain=\"dom0\" port_id=\"00_19.0\" id=\"*\" mode=\"required\">\
+             <option name=\"no-strict-reset\" value=\"True\"/></device>\
+             <device backend-domain=\"dom0\" id=\"0001_3a_00.3\" mode=\"required\" identity=\"*\">\
+             <option name=\"permissive\" value=\"True\"/><option name=\"other\" value=\"x\"/></device>\
+             <device backend-domain=\"dom0\" port_id=\"00_1f.6\" mode=\"auto-attach\"/>\
+             <device backend-domain=\"dom0\" port_id=\"00_14.0\" mode=\"required\"/>\
+             </devices><devices class=\"usb\">\
+             <device backend-domain=\"sys-usb\" port_id=\"2-1\" mode=\"required\"/></devices>",
+        )
+        .unwrap();
+        let got: Vec<_> = got.iter().map(bdf).collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0, 0x19, 0, false, true),
+                (1, 0x3a, 0, 3, true, false),
+                (0, 0, 0x14, 0, false, false),
+            ]
+        );
+        assert!(pci_of("<devices class=\"pci\"/>").unwrap().is_empty());
+        let err = pci_of(
+            "<devices class=\"pci\"><device backend-domain=\"dom0\" port_id=\"bogus\" \
+             mode=\"required\"/></devices>",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "QubesException: Invalid PCI device port id in the assignment of sys-net: \"bogus\""
+        );
+    }
+}

@@ -28,6 +28,46 @@ pub struct DomainSpec {
     /// Where QEMU copies the serial console (`virsh console` still works): the guest's boot
     /// messages, as Xen's `/var/log/xen/console/guest-<name>.log`.
     pub console_log: Option<String>,
+    /// PCI devices passed through (Xen only: the sandbox has none to give).
+    pub pci: Vec<PciDevice>,
+    /// PV with PCI devices: expose the host's memory map (`pci-e820-host`, default on).
+    pub e820_host: bool,
+}
+
+/// A host PCI device given to the qube (a `required` assignment from dom0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciDevice {
+    /// PCI segment (domain), bus, slot (device) and function, from the port id
+    /// (`[SSSS_]BB_DD.F`).
+    pub segment: u16,
+    pub bus: u8,
+    pub slot: u8,
+    pub function: u8,
+    /// The assignment's options `permissive` and `no-strict-reset` (set: non-empty).
+    pub permissive: bool,
+    pub no_strict_reset: bool,
+}
+
+impl PciDevice {
+    /// From a port id as qubes.xml stores it: `00_14.0`, or with the segment `0001_00_14.0`.
+    pub fn from_port(port: &str) -> Option<PciDevice> {
+        let (rest, function) = port.rsplit_once('.')?;
+        let mut parts = rest.split('_').rev();
+        let slot = parts.next()?;
+        let bus = parts.next()?;
+        let segment = parts.next().unwrap_or("0");
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(PciDevice {
+            segment: u16::from_str_radix(segment, 16).ok()?,
+            bus: u8::from_str_radix(bus, 16).ok()?,
+            slot: u8::from_str_radix(slot, 16).ok().filter(|s| *s < 32)?,
+            function: u8::from_str_radix(function, 16).ok().filter(|f| *f < 8)?,
+            permissive: false,
+            no_strict_reset: false,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +300,9 @@ impl DomainSpec {
         if self.virt_mode != VirtMode::Pv {
             x.push_str("        <pae/>\n        <acpi/>\n        <apic/>\n        <viridian/>\n");
         }
+        if self.virt_mode == VirtMode::Pv && !self.pci.is_empty() && self.e820_host {
+            x.push_str("        <xen>\n            <e820_host state=\"on\"/>\n        </xen>\n");
+        }
         x.push_str("    </features>\n");
         if hvm {
             let tz = self.hvm.timezone.to_ascii_lowercase();
@@ -327,6 +370,24 @@ impl DomainSpec {
                 "            <backenddomain name=\"{}\"/>\n            \
                  <script path=\"vif-route-qubes\"/>\n        </interface>\n",
                 a(&n.backend)
+            ));
+        }
+        for d in &self.pci {
+            x.push_str("        <hostdev type=\"pci\" managed=\"yes\"");
+            if d.permissive {
+                x.push_str(" permissive=\"yes\"");
+            }
+            if d.no_strict_reset {
+                x.push_str(" nostrictreset=\"yes\"");
+            }
+            x.push_str(">\n            <source>\n                <address");
+            if d.segment != 0 {
+                x.push_str(&format!(" domain=\"0x{:04x}\"", d.segment));
+            }
+            x.push_str(&format!(
+                " bus=\"0x{:02x}\" slot=\"0x{:02x}\" function=\"0x{:x}\"/>\n            </source>\n        \
+                 </hostdev>\n",
+                d.bus, d.slot, d.function
             ));
         }
         if hvm {
@@ -429,6 +490,27 @@ mod tests {
             virt_mode: VirtMode::Pvh,
             hvm: HvmOptions::default(),
             console_log: Some("/run/q/console/guest-work.log".into()),
+            pci: Vec::new(),
+            e820_host: true,
+        }
+    }
+
+    #[test]
+    fn pci_ports() {
+        let d = PciDevice::from_port("00_14.0").unwrap();
+        assert_eq!((d.segment, d.bus, d.slot, d.function), (0, 0, 0x14, 0));
+        let d = PciDevice::from_port("0001_3a_1f.7").unwrap();
+        assert_eq!((d.segment, d.bus, d.slot, d.function), (1, 0x3a, 0x1f, 7));
+        for bad in [
+            "",
+            "00_14",
+            "0014.0",
+            "00_20.0",
+            "00_14.8",
+            "x_00_14.0",
+            "0_0_00_14.0",
+        ] {
+            assert_eq!(PciDevice::from_port(bad), None, "{bad}");
         }
     }
 
@@ -493,6 +575,17 @@ mod tests {
         pv.virt_mode = VirtMode::Pv;
         pv.net = None;
         golden("pv.xml", &pv);
+        // sys-net's shape: PV with a network card and a USB controller passed through.
+        let mut nic = PciDevice::from_port("00_19.0").unwrap();
+        nic.no_strict_reset = true;
+        let mut usb = PciDevice::from_port("0001_3a_00.3").unwrap();
+        usb.permissive = true;
+        pv.pci = vec![nic, usb];
+        golden("pv-pci.xml", &pv);
+        let mut hvm_pci = pv.clone();
+        hvm_pci.virt_mode = VirtMode::Hvm;
+        hvm_pci.kernel = None;
+        golden("hvm-pci.xml", &hvm_pci);
         let mut hvm = spec();
         hvm.virt_mode = VirtMode::Hvm;
         hvm.kernel = None;

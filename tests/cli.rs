@@ -12,11 +12,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// Cargo's build, or the one `QUBES_ADMIN_CALL_BIN` names (as `tests/support`).
-fn bin() -> String {
-    std::env::var("QUBES_ADMIN_CALL_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_qubes-admin-call").to_string())
-}
+mod support;
+
+use support::bin;
+
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../tests/fixtures/gen10/qubes.xml"

@@ -439,7 +439,7 @@ pub fn react_to_domain_event(
 
 /// Where qubes.xml's index file lives (`store::load_open_indexed`): next to the event log, in
 /// the run directory only dom0 services write.
-fn index_path(config: &Config) -> std::path::PathBuf {
+pub(crate) fn index_path(config: &Config) -> std::path::PathBuf {
     events::log_dir(&config.run_dir).join("qubes.xml.index")
 }
 

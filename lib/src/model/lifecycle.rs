@@ -306,22 +306,25 @@ pub fn domain_spec(
         virt_mode: VirtMode::parse(&text(id, "virt_mode").unwrap_or_default()),
         hvm,
         console_log: Some(dir.join("console.log").to_string_lossy().into_owned()),
-        pci: pci_devices(ctx, id)?,
+        pci: pci_devices(ctx, id, std::path::Path::new("/sys"))?,
         e820_host: feature("pci-e820-host").is_none_or(|v| !v.is_empty()),
     })
 }
 
 /// The PCI devices to pass through: the `required` assignments of class `pci` from dom0
-/// (`<devices class="pci"><device backend-domain="dom0" port_id="00_14.0" mode="required">`,
-/// the port in `id` in files from before 4.3), with their `permissive` and `no-strict-reset`
-/// options. An assignment whose port cannot be read is an error: starting without a device
-/// the qube requires (sys-net's network card) would only fail later, less clearly.
+/// (`<devices class="pci"><device backend-domain="dom0" id="00_14.0" mode="required"
+/// identity="…"><option name="no-strict-reset">True</option>`; storage-devices-backup.md
+/// §D.5: a missing mode is `required`), with their `permissive` and `no-strict-reset` options
+/// (set: a non-empty value). A port that is not a PCI path, or names no device on this
+/// machine (`sysfs`), is an error: starting without a device the qube requires (sys-net's
+/// network card) would only fail later, less clearly.
 fn pci_devices(
     ctx: &Ctx<'_>,
     id: DomId,
+    sysfs: &std::path::Path,
 ) -> Result<Vec<crate::runtime::domain_xml::PciDevice>, ApiError> {
     use crate::runtime::domain_xml::PciDevice;
-    use crate::store::xml::{attr, Lexer, TokKind};
+    use crate::store::xml::{attr, decode, Lexer, TokKind};
     if !ctx.doc().may_contain(id, b"<devices") {
         return Ok(Vec::new());
     }
@@ -335,47 +338,51 @@ fn pci_devices(
         let mut lx = Lexer::new(raw, 0);
         let mut in_pci = false;
         let mut current: Option<PciDevice> = None;
+        // The option whose text is being read.
+        let mut option: Option<String> = None;
         while let Ok(Some(tok)) = lx.next_tok() {
-            let TokKind::Start { name, attrs, empty } = tok.kind else {
-                if let TokKind::End { name } = tok.kind {
-                    if name.of(raw) == b"device" {
-                        out.extend(current.take());
-                    }
-                }
-                continue;
-            };
-            let get = |n: &str| attr(raw, attrs, n);
-            match name.of(raw) {
-                b"devices" => in_pci = get("class").as_deref() == Some("pci"),
-                b"device" if in_pci => {
-                    let required = get("mode").is_none_or(|m| m == "required");
-                    let from_dom0 = get("backend-domain").as_deref() == Some("dom0");
-                    current = None;
-                    if required && from_dom0 {
-                        let port = get("port_id").or_else(|| get("id")).unwrap_or_default();
-                        let dev = PciDevice::from_port(&port).ok_or_else(|| {
-                            ApiError::qubes(format!(
-                                "Invalid PCI device port id in the assignment of {}: {port:?}",
-                                ctx.doc().name(id)
-                            ))
-                        })?;
-                        if empty {
-                            out.push(dev);
-                        } else {
-                            current = Some(dev);
+            match tok.kind {
+                TokKind::Start { name, attrs, empty } => {
+                    let get = |n: &str| attr(raw, attrs, n);
+                    match name.of(raw) {
+                        b"devices" => in_pci = get("class").as_deref() == Some("pci"),
+                        b"device" if in_pci => {
+                            current = None;
+                            let required = get("mode").is_none_or(|m| m == "required");
+                            if !required || get("backend-domain").as_deref() != Some("dom0") {
+                                continue;
+                            }
+                            let port = get("id").unwrap_or_default();
+                            let dev = PciDevice::from_port(&port, sysfs).ok_or_else(|| {
+                                ApiError::qubes(format!(
+                                    "PCI device dom0:{port} of {} is not a PCI path or not \
+                                     present on this machine",
+                                    ctx.doc().name(id)
+                                ))
+                            })?;
+                            if empty {
+                                out.push(dev);
+                            } else {
+                                current = Some(dev);
+                            }
                         }
+                        b"option" if current.is_some() && !empty => option = get("name"),
+                        _ => {}
                     }
                 }
-                b"option" => {
-                    if let Some(d) = current.as_mut() {
-                        let on = get("value").is_some_and(|v| !v.is_empty());
-                        match get("name").as_deref() {
-                            Some("permissive") => d.permissive = on,
-                            Some("no-strict-reset") => d.no_strict_reset = on,
-                            _ => {}
-                        }
+                TokKind::Text => {
+                    let on = !decode(tok.span.of(raw)).trim().is_empty();
+                    match (option.as_deref(), current.as_mut()) {
+                        (Some("permissive"), Some(d)) => d.permissive = on,
+                        (Some("no-strict-reset"), Some(d)) => d.no_strict_reset = on,
+                        _ => {}
                     }
                 }
+                TokKind::End { name } => match name.of(raw) {
+                    b"device" => out.extend(current.take()),
+                    b"option" => option = None,
+                    _ => {}
+                },
                 _ => {}
             }
         }
@@ -419,7 +426,13 @@ mod tests {
             payload: Vec::new(),
         };
         let ctx = Ctx::new(&config, call, DocRef::Read(&doc), &hv);
-        pci_devices(&ctx, id)
+        let sys = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(
+            sys.path()
+                .join("devices/pci0000:00/0000:00:1c.0/0000:03:00.0"),
+        )
+        .unwrap();
+        pci_devices(&ctx, id, sys.path())
     }
 
     fn bdf(d: &PciDevice) -> (u16, u8, u8, u8, bool, bool) {
@@ -435,18 +448,22 @@ mod tests {
 
     #[test]
     fn pci_assignments_for_the_domain_xml() {
-        // 4.4's form; the pre-4.3 form (port in `id`, after the load-time migration); a
-        // non-required one and another class are not passed through.
+        // 4.4's form (§D.5); a segment; a NIC behind a bridge; a missing mode (required); a
+        // non-required one, another backend and another class are not passed through.
         let got = pci_of(
             "<devices class=\"pci\">\
-             <device backend-domain=\"dom0\" port_id=\"00_19.0\" id=\"*\" mode=\"required\">\
-             <option name=\"no-strict-reset\" value=\"True\"/></device>\
+             <device backend-domain=\"dom0\" id=\"00_19.0\" mode=\"required\" \
+             identity=\"0x8086:0x15bb::p020000\">\
+             <option name=\"no-strict-reset\">True</option></device>\
              <device backend-domain=\"dom0\" id=\"0001_3a_00.3\" mode=\"required\" identity=\"*\">\
-             <option name=\"permissive\" value=\"True\"/><option name=\"other\" value=\"x\"/></device>\
-             <device backend-domain=\"dom0\" port_id=\"00_1f.6\" mode=\"auto-attach\"/>\
-             <device backend-domain=\"dom0\" port_id=\"00_14.0\" mode=\"required\"/>\
+             <option name=\"permissive\">True</option><option name=\"other\">x</option></device>\
+             <device backend-domain=\"dom0\" id=\"00_1c.0-00_00.0\" identity=\"*\"/>\
+             <device backend-domain=\"dom0\" id=\"00_1f.6\" mode=\"auto-attach\"/>\
+             <device backend-domain=\"sys-usb\" id=\"00_1f.5\" mode=\"required\"/>\
+             <device backend-domain=\"dom0\" id=\"00_14.0\" mode=\"required\">\
+             <option name=\"permissive\"></option></device>\
              </devices><devices class=\"usb\">\
-             <device backend-domain=\"sys-usb\" port_id=\"2-1\" mode=\"required\"/></devices>",
+             <device backend-domain=\"sys-usb\" id=\"2-1\" mode=\"required\"/></devices>",
         )
         .unwrap();
         let got: Vec<_> = got.iter().map(bdf).collect();
@@ -455,18 +472,24 @@ mod tests {
             [
                 (0, 0, 0x19, 0, false, true),
                 (1, 0x3a, 0, 3, true, false),
+                (0, 3, 0, 0, false, false),
                 (0, 0, 0x14, 0, false, false),
             ]
         );
         assert!(pci_of("<devices class=\"pci\"/>").unwrap().is_empty());
-        let err = pci_of(
-            "<devices class=\"pci\"><device backend-domain=\"dom0\" port_id=\"bogus\" \
-             mode=\"required\"/></devices>",
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "QubesException: Invalid PCI device port id in the assignment of sys-net: \"bogus\""
-        );
+        for port in ["bogus", "00_1d.0-00_00.0"] {
+            let err = pci_of(&format!(
+                "<devices class=\"pci\"><device backend-domain=\"dom0\" id=\"{port}\" \
+                 mode=\"required\"/></devices>"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "QubesException: PCI device dom0:{port} of sys-net is not a PCI path or not \
+                     present on this machine"
+                )
+            );
+        }
     }
 }

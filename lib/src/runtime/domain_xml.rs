@@ -48,22 +48,71 @@ pub struct PciDevice {
     pub no_strict_reset: bool,
 }
 
+/// One `[SSSS_]BB_DD.F` step of a PCI path: (segment, bus, slot, function).
+fn pci_step(s: &str) -> Option<(u16, u8, u8, u8)> {
+    let (rest, function) = s.rsplit_once('.')?;
+    let mut parts = rest.split('_').rev();
+    let slot = parts.next()?;
+    let bus = parts.next()?;
+    let segment = parts.next().unwrap_or("0");
+    let hex = |t: &str, max: usize| t.len() <= max && t.bytes().all(|b| b.is_ascii_hexdigit());
+    if parts.next().is_some()
+        || !hex(segment, 4)
+        || !hex(bus, 2)
+        || !hex(slot, 2)
+        || !hex(function, 1)
+    {
+        return None;
+    }
+    Some((
+        u16::from_str_radix(segment, 16).ok()?,
+        u8::from_str_radix(bus, 16).ok()?,
+        u8::from_str_radix(slot, 16).ok().filter(|s| *s < 32)?,
+        u8::from_str_radix(function, 16).ok().filter(|f| *f < 8)?,
+    ))
+}
+
 impl PciDevice {
-    /// From a port id as qubes.xml stores it: `00_14.0`, or with the segment `0001_00_14.0`.
-    pub fn from_port(port: &str) -> Option<PciDevice> {
-        let (rest, function) = port.rsplit_once('.')?;
-        let mut parts = rest.split('_').rev();
-        let slot = parts.next()?;
-        let bus = parts.next()?;
-        let segment = parts.next().unwrap_or("0");
-        if parts.next().is_some() {
-            return None;
+    /// From a port id, a PCI path relative to the root bus as qubes.xml stores it: `00_14.0`,
+    /// `0001_00_02.0` (segment not 0000), or `00_1c.0-00_00.0` (a device behind a bridge, each
+    /// later step's bus counted from the bridge's first bus below it). A bridged device's bus
+    /// number exists only on the running machine: it is found in `sysfs` (`/sys`), as the
+    /// reference finds it. None if the path is malformed or leads nowhere.
+    pub fn from_port(port: &str, sysfs: &std::path::Path) -> Option<PciDevice> {
+        let mut steps = port.split('-');
+        let (segment, mut bus, mut slot, mut function) = pci_step(steps.next()?)?;
+        let mut dir = sysfs
+            .join("devices")
+            .join(format!("pci{segment:04x}:{bus:02x}"))
+            .join(format!("{segment:04x}:{bus:02x}:{slot:02x}.{function:x}"));
+        for step in steps {
+            let (s, rel_bus, d, f) = pci_step(step)?;
+            if s != 0 {
+                return None;
+            }
+            // The bridge's directory holds the devices on the bus below it (`SSSS:BB:DD.F`):
+            // that bus is the step's bus 00.
+            let prefix = format!("{segment:04x}:");
+            let below = std::fs::read_dir(&dir)
+                .ok()?
+                .filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    let b = name.strip_prefix(&prefix)?.get(..3)?.strip_suffix(':')?;
+                    u8::from_str_radix(b, 16).ok()
+                })
+                .min()?;
+            bus = below.checked_add(rel_bus)?;
+            (slot, function) = (d, f);
+            dir = dir.join(format!("{segment:04x}:{bus:02x}:{slot:02x}.{function:x}"));
+            if !dir.is_dir() {
+                return None;
+            }
         }
         Some(PciDevice {
-            segment: u16::from_str_radix(segment, 16).ok()?,
-            bus: u8::from_str_radix(bus, 16).ok()?,
-            slot: u8::from_str_radix(slot, 16).ok().filter(|s| *s < 32)?,
-            function: u8::from_str_radix(function, 16).ok().filter(|f| *f < 8)?,
+            segment,
+            bus,
+            slot,
+            function,
             permissive: false,
             no_strict_reset: false,
         })
@@ -497,10 +546,12 @@ mod tests {
 
     #[test]
     fn pci_ports() {
-        let d = PciDevice::from_port("00_14.0").unwrap();
-        assert_eq!((d.segment, d.bus, d.slot, d.function), (0, 0, 0x14, 0));
-        let d = PciDevice::from_port("0001_3a_1f.7").unwrap();
-        assert_eq!((d.segment, d.bus, d.slot, d.function), (1, 0x3a, 0x1f, 7));
+        let none = std::path::Path::new("/nonexistent");
+        let bdf = |d: PciDevice| (d.segment, d.bus, d.slot, d.function);
+        let d = PciDevice::from_port("00_14.0", none).unwrap();
+        assert_eq!(bdf(d), (0, 0, 0x14, 0));
+        let d = PciDevice::from_port("0001_3a_1f.7", none).unwrap();
+        assert_eq!(bdf(d), (1, 0x3a, 0x1f, 7));
         for bad in [
             "",
             "00_14",
@@ -509,9 +560,27 @@ mod tests {
             "00_14.8",
             "x_00_14.0",
             "0_0_00_14.0",
+            "000_14.0",
+            "+0_14.0",
+            "00_1c.0-",
+            "00_1c.0-00_00.0",
         ] {
-            assert_eq!(PciDevice::from_port(bad), None, "{bad}");
+            assert_eq!(PciDevice::from_port(bad, none), None, "{bad}");
         }
+        // Bridges, as sysfs shows them: a NIC behind root port 00:1c.0 (bus 03 on this
+        // machine), and a device behind a second bridge on that bus (bus 04 below it).
+        let sys = tempfile::tempdir().unwrap();
+        let root = sys.path().join("devices/pci0000:00/0000:00:1c.0");
+        std::fs::create_dir_all(root.join("0000:03:00.0")).unwrap();
+        std::fs::create_dir_all(root.join("0000:03:00.1/0000:04:02.0")).unwrap();
+        std::fs::write(root.join("0000:03:00.1/vendor"), "0x8086\n").unwrap();
+        let p = |s: &str| PciDevice::from_port(s, sys.path()).map(bdf);
+        assert_eq!(p("00_1c.0-00_00.0"), Some((0, 3, 0, 0)));
+        assert_eq!(p("00_1c.0-00_00.1-00_02.0"), Some((0, 4, 2, 0)));
+        assert_eq!(p("00_1c.0-00_01.0"), None);
+        assert_eq!(p("00_1c.0-01_00.0"), None);
+        assert_eq!(p("00_1d.0-00_00.0"), None);
+        assert_eq!(p("00_1c.0-00_00.0-00_00.0"), None);
     }
 
     #[test]
@@ -576,9 +645,10 @@ mod tests {
         pv.net = None;
         golden("pv.xml", &pv);
         // sys-net's shape: PV with a network card and a USB controller passed through.
-        let mut nic = PciDevice::from_port("00_19.0").unwrap();
+        let sys = std::path::Path::new("/nonexistent");
+        let mut nic = PciDevice::from_port("00_19.0", sys).unwrap();
         nic.no_strict_reset = true;
-        let mut usb = PciDevice::from_port("0001_3a_00.3").unwrap();
+        let mut usb = PciDevice::from_port("0001_3a_00.3", sys).unwrap();
         usb.permissive = true;
         pv.pci = vec![nic, usb];
         golden("pv-pci.xml", &pv);

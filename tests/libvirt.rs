@@ -1067,6 +1067,53 @@ fn start_with_its_netvm_chain() {
     assert!(env.events_after(&mut seen).is_empty());
     assert_eq!(call("admin.vm.firewall.Reload+", "a1", b""), "0\0");
     assert_eq!(env.events_after(&mut seen), ["a1|firewall-changed|"]);
+    // A rule that expires (the reference's timer, here the helper's): two seconds after Set it
+    // is gone from firewall.xml and from the netvm's QubesDB, with `firewall-changed`.
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let rules = format!("action=accept dsthost=10.0.0.1 expire={soon}\naction=drop proto=icmp\n");
+    assert_eq!(
+        call("admin.vm.firewall.Set+", "a1", rules.as_bytes()),
+        "0\0"
+    );
+    assert_eq!(env.events_after(&mut seen), ["a1|firewall-changed|"]);
+    let fw_db = || -> Vec<(String, String)> {
+        qdb("net1")
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("/qubes-firewall/{ip}/0")))
+            .collect()
+    };
+    assert_eq!(
+        fw_db(),
+        [
+            (p("/0000"), "action=accept dst4=10.0.0.1/32".to_string()),
+            (p("/0001"), "action=drop proto=icmp".to_string()),
+        ]
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::fs::read_to_string(&fw).unwrap().contains("10.0.0.1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired rule is still in firewall.xml"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        call("admin.vm.firewall.Get+", "a1", b""),
+        "0\0action=drop proto=icmp\n"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while env.events_after(&mut { seen }).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(env.events_after(&mut seen), ["a1|firewall-changed|"]);
+    assert_eq!(
+        fw_db(),
+        [(p("/0000"), "action=drop proto=icmp".to_string())]
+    );
     let a1 = varlib.join("appvms/a1");
     for f in [
         "private-dirty.img",

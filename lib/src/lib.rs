@@ -399,6 +399,68 @@ impl System {
     }
 }
 
+impl System {
+    /// What the helper runs when a firewall rule may have expired
+    /// ([`api::vm_firewall::expire_due`] for each qube, its events logged as a call's are).
+    /// Returns the next expiry of any rule. A qube whose rules cannot be handled is reported
+    /// and skipped: the others still lose their expired rules.
+    pub fn expire_firewall_rules(&mut self) -> Result<Option<i64>, ApiError> {
+        let doc = cached_document(&mut self.cache, &self.config, self.hv.as_ref())?;
+        let Some(dom0) = doc.domain_by_name("dom0") else {
+            return Ok(None);
+        };
+        let mut next: Option<i64> = None;
+        for id in doc.domains().into_iter().filter(|id| !doc.is_admin(*id)) {
+            let call = Call {
+                method: "qubes-admin-eventd",
+                src: dom0,
+                dest: id,
+                arg: String::new(),
+                payload: Vec::new(),
+            };
+            let mut ctx = Ctx::new(&self.config, call, DocRef::Read(doc), self.hv.as_ref());
+            let r = api::vm_firewall::expire_due(&mut ctx);
+            let outcome = ctx.finish();
+            match r {
+                Ok(at) => {
+                    log_and_finish(&self.config, outcome)?;
+                    next = match (next, at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Err(e) => {
+                    outcome.abort();
+                    eprintln!(
+                        "qubes-admin-eventd: firewall expiry of {}: {}: {}",
+                        doc.name(id),
+                        e.ty.as_str(),
+                        e.msg
+                    );
+                }
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// The helper's firewall timer ([`runtime::eventd::Timer`]): [`System::expire_firewall_rules`]
+/// on the helper's own runtime source. Errors go to stderr; `None` then waits for the next
+/// word in [`model::firewall::timers_dir`].
+pub fn expire_firewall_rules(config: &Config, hv: Box<dyn runtime::Hypervisor>) -> Option<i64> {
+    match System::with_hypervisor(config.clone(), hv).expire_firewall_rules() {
+        Ok(next) => next,
+        Err(e) => {
+            eprintln!(
+                "qubes-admin-eventd: firewall expiry: {}: {}",
+                e.ty.as_str(),
+                e.msg
+            );
+            None
+        }
+    }
+}
+
 /// After a call on the read view succeeded: its events to the log first, then the work after
 /// it (a disposable's auto-cleanup logs its own events after).
 fn log_and_finish(config: &Config, outcome: model::context::Outcome) -> Result<(), ApiError> {

@@ -33,9 +33,31 @@ pub fn set(ctx: &mut Ctx<'_>) -> Result<Vec<u8>, ApiError> {
         .into_iter()
         .map(firewall::parse_api_line)
         .collect::<Result<Vec<_>, _>>()?;
-    firewall::save(&volumes::vm_dir(ctx, ctx.dest), &rules, firewall::now())?;
+    let now = firewall::now();
+    firewall::save(&volumes::vm_dir(ctx, ctx.dest), &rules, now)?;
     changed(ctx, Some(&rules))?;
+    if let Some(at) = firewall::next_expiry(&rules, now) {
+        firewall::note_expiry(&ctx.config.run_dir, at);
+    }
     Ok(Vec::new())
+}
+
+/// The reference's expiry timer, run by the helper for each qube: if a rule in the
+/// destination's `firewall.xml` has expired, the file is saved again without it and
+/// `firewall-changed` fires (the netvm's QubesDB then loses the rule). Returns when the next
+/// rule of the list expires.
+pub fn expire_due(ctx: &mut Ctx<'_>) -> Result<Option<i64>, ApiError> {
+    let dir = volumes::vm_dir(ctx, ctx.dest);
+    if !dir.join("firewall.xml").exists() {
+        return Ok(None);
+    }
+    let rules = firewall::load(&dir)?;
+    let now = firewall::now();
+    if rules.iter().any(|r| r.expired(now)) {
+        firewall::save(&dir, &rules, now)?;
+        changed(ctx, None)?;
+    }
+    Ok(firewall::next_expiry(&rules, now))
 }
 
 /// `admin.vm.firewall.Reload`: `firewall-changed` (the netvm's QubesDB written again).

@@ -625,6 +625,38 @@ pub fn qdb_ops(rules: &[Rule], addr: &str, v6: bool, now: i64) -> Vec<QdbOp> {
     ops
 }
 
+/// The nearest `expire` still ahead of `now`: when the reference's timer fires for this list.
+pub fn next_expiry(rules: &[Rule], now: i64) -> Option<i64> {
+    rules
+        .iter()
+        .filter_map(|r| r.expire)
+        .filter(|t| *t >= now)
+        .min()
+}
+
+/// The directory the helper watches for timers: a Set that saves a rule with an `expire` leaves
+/// word there (`firewall-expiry`, the time), and the helper wakes up to drop the rule when it
+/// expires (`qubes-admin-eventd`; §C.6). Without a helper the file waits for the next one.
+pub fn timers_dir(run_dir: &Path) -> std::path::PathBuf {
+    crate::events::log_dir(run_dir).join("timers")
+}
+
+/// Leaves word for the helper that a rule expires at `at` (best effort: the helper also sweeps
+/// when it starts).
+pub fn note_expiry(run_dir: &Path, at: i64) {
+    let dir = timers_dir(run_dir);
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        crate::store::write_file_atomically(
+            &dir.join("firewall-expiry"),
+            format!("{at}\n").as_bytes(),
+            Some(0o640),
+        )
+    });
+    if let Err(e) = written {
+        eprintln!("qubes-admin: cannot tell the helper about a firewall rule's expiry: {e}");
+    }
+}
+
 /// Now, in UNIX seconds.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -636,6 +668,24 @@ pub fn now() -> i64 {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_expiry_is_the_nearest_ahead() {
+        let rules: Vec<Rule> = [
+            "action=accept expire=100",
+            "action=drop expire=300",
+            "action=drop",
+            "action=accept expire=200",
+        ]
+        .iter()
+        .map(|l| parse_api_line(l).unwrap())
+        .collect();
+        assert_eq!(next_expiry(&rules, 50), Some(100));
+        assert_eq!(next_expiry(&rules, 100), Some(100));
+        assert_eq!(next_expiry(&rules, 101), Some(200));
+        assert_eq!(next_expiry(&rules, 301), None);
+        assert_eq!(next_expiry(&rules[2..3], 0), None);
+    }
 
     fn api(line: &str) -> String {
         parse_api_line(line).unwrap().api_form()

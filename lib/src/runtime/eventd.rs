@@ -164,6 +164,64 @@ struct Event {
 /// `domain-paused` event), given a runtime source that answers from the helper itself.
 pub type Reactor = Arc<dyn Fn(Box<dyn Hypervisor>, &DomainEvent) + Send + Sync>;
 
+/// A job the helper runs at start, whenever a file changes in `wake_dir`, and at the time (UNIX
+/// seconds) it last returned: the firewall rules' expiry (the reference's in-process timer).
+pub struct Timer {
+    pub wake_dir: PathBuf,
+    pub job: Box<dyn FnMut(Box<dyn Hypervisor>) -> Option<i64> + Send>,
+}
+
+/// Runs `timer` for ever: its job, then a wait for its time or a change in its directory.
+fn run_timer(mut timer: Timer, shared: Arc<Shared>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+    let _ = std::fs::create_dir_all(&timer.wake_dir);
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+        .and_then(|i| {
+            i.add_watch(
+                &timer.wake_dir,
+                AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO,
+            )?;
+            Ok(i)
+        })
+        .map_err(|e| {
+            eprintln!(
+                "qubes-admin-eventd: cannot watch {} ({e}): timers are checked every minute",
+                timer.wake_dir.display()
+            )
+        })
+        .ok();
+    loop {
+        let next = (timer.job)(Box::new(InProcess(Arc::clone(&shared))));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        // A rule is expired once its time is in the past: wake a second after it.
+        let wait_ms = next.map(|at| {
+            at.saturating_sub(now)
+                .saturating_add(1)
+                .saturating_mul(1000)
+        });
+        match &inotify {
+            Some(ino) => {
+                let timeout = match wait_ms {
+                    Some(ms) => PollTimeout::try_from(ms.clamp(0, i64::from(i32::MAX)))
+                        .unwrap_or(PollTimeout::MAX),
+                    None => PollTimeout::NONE,
+                };
+                let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, timeout);
+                while ino.read_events().is_ok_and(|evs| !evs.is_empty()) {}
+            }
+            None => {
+                let ms = wait_ms.unwrap_or(60_000).clamp(0, 60_000);
+                std::thread::sleep(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+            }
+        }
+    }
+}
+
 /// The helper's own state and connection as a [`Hypervisor`], for its reactions: the same
 /// answers a per-call process gets over the socket, without the socket.
 struct InProcess(Arc<Shared>);
@@ -456,7 +514,11 @@ fn handle(mut stream: UnixStream, shared: &Shared) {
 /// Runs the helper for `config` until SIGTERM/SIGINT; `react` (if any) is called, on a thread
 /// of its own and one event at a time, for each lifecycle change of a domain and for each qube
 /// found stopped at (re)connection.
-pub fn serve(config: &crate::Config, react: Option<Reactor>) -> Result<(), EventdError> {
+pub fn serve(
+    config: &crate::Config,
+    react: Option<Reactor>,
+    timer: Option<Timer>,
+) -> Result<(), EventdError> {
     quiet_errors();
     // Block the stop signals in every thread; one thread waits for them.
     let mut signals = SigSet::empty();
@@ -523,6 +585,13 @@ pub fn serve(config: &crate::Config, react: Option<Reactor>) -> Result<(), Event
     // Open the socket once the first refresh is done (or failed): clients then never see a
     // "starting" helper.
     let _ = ready_rx.recv_timeout(FIRST_REFRESH_WAIT);
+    if let Some(timer) = timer {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("timer".into())
+            .spawn(move || run_timer(timer, shared))
+            .map_err(EventdError::Thread)?;
+    }
 
     let sock = socket_path(&config.run_dir);
     // We hold the lock, so any socket file left is stale.

@@ -24,7 +24,11 @@ fn main() -> ExitCode {
     let config = Config::from_env();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     match argv.as_slice() {
-        [] => match eventd::serve(&config, Some(reactor(&config))) {
+        [] => match eventd::serve(
+            &config,
+            Some(reactor(&config)),
+            Some(firewall_timer(&config)),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("qubes-admin-eventd: {e}");
@@ -61,6 +65,16 @@ fn main() -> ExitCode {
 fn reactor(config: &Config) -> eventd::Reactor {
     let config = config.clone();
     std::sync::Arc::new(move |hv, ev| qubes_admin::react_to_domain_event(&config, hv, ev))
+}
+
+/// Firewall rules expire as in the reference: dropped from `firewall.xml` and from the netvm's
+/// QubesDB when their time comes (a Set leaves word in the timers directory).
+fn firewall_timer(config: &Config) -> eventd::Timer {
+    let config = config.clone();
+    eventd::Timer {
+        wake_dir: qubes_admin::model::firewall::timers_dir(&config.run_dir),
+        job: Box::new(move |hv| qubes_admin::expire_firewall_rules(&config, hv)),
+    }
 }
 
 fn usage_error(msg: &str) -> ExitCode {

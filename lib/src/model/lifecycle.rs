@@ -427,11 +427,14 @@ mod tests {
         };
         let ctx = Ctx::new(&config, call, DocRef::Read(&doc), &hv);
         let sys = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(
-            sys.path()
-                .join("devices/pci0000:00/0000:00:1c.0/0000:03:00.0"),
-        )
-        .unwrap();
+        for d in [
+            "pci0000:00/0000:00:1c.0/0000:03:00.0",
+            "pci0000:00/0000:00:19.0",
+            "pci0000:00/0000:00:14.0",
+            "pci0001:3a/0001:3a:00.3",
+        ] {
+            std::fs::create_dir_all(sys.path().join("devices").join(d)).unwrap();
+        }
         pci_devices(&ctx, id, sys.path())
     }
 
@@ -477,7 +480,7 @@ mod tests {
             ]
         );
         assert!(pci_of("<devices class=\"pci\"/>").unwrap().is_empty());
-        for port in ["bogus", "00_1d.0-00_00.0"] {
+        for port in ["bogus", "00_1d.0-00_00.0", "00_1f.3"] {
             let err = pci_of(&format!(
                 "<devices class=\"pci\"><device backend-domain=\"dom0\" id=\"{port}\" \
                  mode=\"required\"/></devices>"

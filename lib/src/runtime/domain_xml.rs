@@ -77,7 +77,7 @@ impl PciDevice {
     /// `0001_00_02.0` (segment not 0000), or `00_1c.0-00_00.0` (a device behind a bridge, each
     /// later step's bus counted from the bridge's first bus below it). A bridged device's bus
     /// number exists only on the running machine: it is found in `sysfs` (`/sys`), as the
-    /// reference finds it. None if the path is malformed or leads nowhere.
+    /// reference finds it. None if the path is malformed or names no device of this machine.
     pub fn from_port(port: &str, sysfs: &std::path::Path) -> Option<PciDevice> {
         let mut steps = port.split('-');
         let (segment, mut bus, mut slot, mut function) = pci_step(steps.next()?)?;
@@ -104,9 +104,10 @@ impl PciDevice {
             bus = below.checked_add(rel_bus)?;
             (slot, function) = (d, f);
             dir = dir.join(format!("{segment:04x}:{bus:02x}:{slot:02x}.{function:x}"));
-            if !dir.is_dir() {
-                return None;
-            }
+        }
+        // A required device that is not there refuses the start (§D.8).
+        if !dir.is_dir() {
+            return None;
         }
         Some(PciDevice {
             segment,
@@ -546,12 +547,27 @@ mod tests {
 
     #[test]
     fn pci_ports() {
-        let none = std::path::Path::new("/nonexistent");
         let bdf = |d: PciDevice| (d.segment, d.bus, d.slot, d.function);
-        let d = PciDevice::from_port("00_14.0", none).unwrap();
-        assert_eq!(bdf(d), (0, 0, 0x14, 0));
-        let d = PciDevice::from_port("0001_3a_1f.7", none).unwrap();
-        assert_eq!(bdf(d), (1, 0x3a, 0x1f, 7));
+        // As sysfs shows them: two root-bus devices, one in segment 1, a NIC behind root port
+        // 00:1c.0 (bus 03 on this machine), and a device behind a second bridge on that bus
+        // (bus 04 below it).
+        let sys = tempfile::tempdir().unwrap();
+        let devices = sys.path().join("devices");
+        for d in [
+            "pci0000:00/0000:00:14.0",
+            "pci0001:3a/0001:3a:1f.7",
+            "pci0000:00/0000:00:1c.0/0000:03:00.0",
+            "pci0000:00/0000:00:1c.0/0000:03:00.1/0000:04:02.0",
+        ] {
+            std::fs::create_dir_all(devices.join(d)).unwrap();
+        }
+        let root = devices.join("pci0000:00/0000:00:1c.0");
+        std::fs::write(root.join("0000:03:00.1/vendor"), "0x8086\n").unwrap();
+        let p = |s: &str| PciDevice::from_port(s, sys.path()).map(bdf);
+        assert_eq!(p("00_14.0"), Some((0, 0, 0x14, 0)));
+        assert_eq!(p("0001_3a_1f.7"), Some((1, 0x3a, 0x1f, 7)));
+        assert_eq!(p("00_1c.0-00_00.0"), Some((0, 3, 0, 0)));
+        assert_eq!(p("00_1c.0-00_00.1-00_02.0"), Some((0, 4, 2, 0)));
         for bad in [
             "",
             "00_14",
@@ -563,24 +579,15 @@ mod tests {
             "000_14.0",
             "+0_14.0",
             "00_1c.0-",
-            "00_1c.0-00_00.0",
+            // Well-formed, but not on this machine.
+            "00_14.1",
+            "00_1c.0-00_01.0",
+            "00_1c.0-01_00.0",
+            "00_1d.0-00_00.0",
+            "00_1c.0-00_00.0-00_00.0",
         ] {
-            assert_eq!(PciDevice::from_port(bad, none), None, "{bad}");
+            assert_eq!(p(bad), None, "{bad}");
         }
-        // Bridges, as sysfs shows them: a NIC behind root port 00:1c.0 (bus 03 on this
-        // machine), and a device behind a second bridge on that bus (bus 04 below it).
-        let sys = tempfile::tempdir().unwrap();
-        let root = sys.path().join("devices/pci0000:00/0000:00:1c.0");
-        std::fs::create_dir_all(root.join("0000:03:00.0")).unwrap();
-        std::fs::create_dir_all(root.join("0000:03:00.1/0000:04:02.0")).unwrap();
-        std::fs::write(root.join("0000:03:00.1/vendor"), "0x8086\n").unwrap();
-        let p = |s: &str| PciDevice::from_port(s, sys.path()).map(bdf);
-        assert_eq!(p("00_1c.0-00_00.0"), Some((0, 3, 0, 0)));
-        assert_eq!(p("00_1c.0-00_00.1-00_02.0"), Some((0, 4, 2, 0)));
-        assert_eq!(p("00_1c.0-00_01.0"), None);
-        assert_eq!(p("00_1c.0-01_00.0"), None);
-        assert_eq!(p("00_1d.0-00_00.0"), None);
-        assert_eq!(p("00_1c.0-00_00.0-00_00.0"), None);
     }
 
     #[test]
@@ -645,11 +652,22 @@ mod tests {
         pv.net = None;
         golden("pv.xml", &pv);
         // sys-net's shape: PV with a network card and a USB controller passed through.
-        let sys = std::path::Path::new("/nonexistent");
-        let mut nic = PciDevice::from_port("00_19.0", sys).unwrap();
-        nic.no_strict_reset = true;
-        let mut usb = PciDevice::from_port("0001_3a_00.3", sys).unwrap();
-        usb.permissive = true;
+        let nic = PciDevice {
+            segment: 0,
+            bus: 0,
+            slot: 0x19,
+            function: 0,
+            permissive: false,
+            no_strict_reset: true,
+        };
+        let usb = PciDevice {
+            segment: 1,
+            bus: 0x3a,
+            slot: 0,
+            function: 3,
+            permissive: true,
+            no_strict_reset: false,
+        };
         pv.pci = vec![nic, usb];
         golden("pv-pci.xml", &pv);
         let mut hvm_pci = pv.clone();

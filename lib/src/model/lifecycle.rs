@@ -222,6 +222,7 @@ pub fn domain_spec(
     dir: &std::path::Path,
     pools: &[crate::storage::Pool],
     vols: &[crate::storage::VolumeConfig],
+    pci: Vec<crate::runtime::domain_xml::PciDevice>,
 ) -> Result<crate::runtime::domain_xml::DomainSpec, ApiError> {
     use crate::runtime::domain_xml::{Disk, DomainSpec, HvmOptions, Kernel, Net, VirtMode};
     let int = |p: &str| defaults::vm_u64(ctx, id, p).unwrap_or(0);
@@ -306,7 +307,7 @@ pub fn domain_spec(
         virt_mode: VirtMode::parse(&text(id, "virt_mode").unwrap_or_default()),
         hvm,
         console_log: Some(dir.join("console.log").to_string_lossy().into_owned()),
-        pci: pci_devices(ctx, id, std::path::Path::new("/sys"))?,
+        pci,
         e820_host: feature("pci-e820-host").is_none_or(|v| !v.is_empty()),
     })
 }
@@ -316,9 +317,9 @@ pub fn domain_spec(
 /// identity="…"><option name="no-strict-reset">True</option>`; storage-devices-backup.md
 /// §D.5: a missing mode is `required`), with their `permissive` and `no-strict-reset` options
 /// (set: a non-empty value). A port that is not a PCI path, or names no device on this
-/// machine (`sysfs`), is an error: starting without a device the qube requires (sys-net's
-/// network card) would only fail later, less clearly.
-fn pci_devices(
+/// machine (`sysfs`), refuses the start before anything else starts (§10.2: required
+/// assignments must resolve), with the reference's message.
+pub fn pci_devices(
     ctx: &Ctx<'_>,
     id: DomId,
     sysfs: &std::path::Path,
@@ -354,11 +355,7 @@ fn pci_devices(
                             }
                             let port = get("id").unwrap_or_default();
                             let dev = PciDevice::from_port(&port, sysfs).ok_or_else(|| {
-                                ApiError::qubes(format!(
-                                    "PCI device dom0:{port} of {} is not a PCI path or not \
-                                     present on this machine",
-                                    ctx.doc().name(id)
-                                ))
+                                ApiError::qubes(format!("Pci device dom0+{port} not available"))
                             })?;
                             if empty {
                                 out.push(dev);
@@ -488,10 +485,7 @@ mod tests {
             .unwrap_err();
             assert_eq!(
                 err.to_string(),
-                format!(
-                    "QubesException: PCI device dom0:{port} of sys-net is not a PCI path or not \
-                     present on this machine"
-                )
+                format!("QubesException: Pci device dom0+{port} not available")
             );
         }
     }

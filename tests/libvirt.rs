@@ -829,6 +829,31 @@ fn start_with_its_netvm_chain() {
         String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
     };
     let varlib = env.tmp.path().join("varlib");
+    // A required PCI device that this machine does not have: refused right after
+    // domain-pre-start, before the storage check and the netvm chain (§10.2).
+    let xml_path = env.tmp.path().join("qubes.xml");
+    let xml = std::fs::read_to_string(&xml_path).unwrap();
+    let at = xml.find("appvms/vm0003/root").unwrap();
+    let at = at + xml[at..].find("</volume-config>\n").unwrap() + "</volume-config>\n".len();
+    let with_pci = format!(
+        "{}      <devices class=\"pci\"><device backend-domain=\"dom0\" id=\"ff_1f.7\" \
+         mode=\"required\" identity=\"*\"/></devices>\n{}",
+        &xml[..at],
+        &xml[at..]
+    );
+    std::fs::write(&xml_path, with_pci).unwrap();
+    let mut seen = qubes_admin::events::append(&env.run_dir(), &[]).unwrap();
+    assert_eq!(
+        call("admin.vm.Start+", "vm0003", b""),
+        "2\0QubesException\0\0Pci device dom0+ff_1f.7 not available\0"
+    );
+    // As for the storage check that follows it: no sys-firewall event (the netvm chain was not
+    // started), no domain-start-failed.
+    assert_eq!(
+        env.events_after(&mut seen),
+        ["vm0003|domain-pre-start|start_guid=True,mem_required=None"]
+    );
+    std::fs::write(&xml_path, xml).unwrap();
     // The fixture's qubes have nothing on disk here: the storage check refuses (the qube's
     // directory first, then the images), nothing starts.
     let r = call("admin.vm.Start+", "vm0003", b"");

@@ -210,7 +210,7 @@ impl System {
 
     fn execute_write(&mut self, raw: &RawRequest) -> Result<Vec<u8>, ApiError> {
         self.cache = None;
-        let index = index_path(&self.config);
+        let index = store::index_path(&self.config.run_dir);
         let mut txn = WriteTxn::begin_indexed(
             &self.config.xml_path,
             self.config.lock_timeout,
@@ -499,12 +499,6 @@ pub fn react_to_domain_event(
     }
 }
 
-/// Where qubes.xml's index file lives (`store::load_open_indexed`): next to the event log, in
-/// the run directory only dom0 services write.
-pub(crate) fn index_path(config: &Config) -> std::path::PathBuf {
-    events::log_dir(&config.run_dir).join("qubes.xml.index")
-}
-
 /// The cached parse of `path`, reloaded unless the file still has the cached version's stamp.
 /// A free function over the cache field, so that callers can keep borrowing `config` and `hv`.
 fn cached_document<'c>(
@@ -519,7 +513,7 @@ fn cached_document<'c>(
         // Close the old version first: this process's own descriptor is no reason to keep the
         // old inode.
         *cache = None;
-        let index = index_path(config);
+        let index = store::index_path(&config.run_dir);
         let (mut doc, stamp, file) = store::load_open_indexed(path, Some(&index))?;
         // The reference's view of an older file (nothing is written by a read).
         model::migrate::prepare(config, hv, &mut doc, &stamp)?;

@@ -188,7 +188,7 @@ fn remove_disposable(
     vols: Vec<crate::storage::VolumeConfig>,
     dir: &std::path::Path,
 ) -> Result<(), ApiError> {
-    let index = crate::index_path(config);
+    let index = crate::store::index_path(&config.run_dir);
     let mut txn = WriteTxn::begin_indexed(&config.xml_path, config.lock_timeout, Some(&index))?;
     let Some(id) = txn.doc().domain_by_uuid(uuid) else {
         return Ok(());

@@ -98,6 +98,12 @@ pub fn load_open(path: &Path) -> Result<(Document, FileStamp, File), StoreError>
     load_open_indexed(path, None)
 }
 
+/// Where qubes.xml's index file lives ([`load_open_indexed`]): next to the event log, in the
+/// run directory only dom0 services write.
+pub fn index_path(run_dir: &Path) -> PathBuf {
+    crate::events::log_dir(run_dir).join("qubes.xml.index")
+}
+
 /// [`load_open`] with an index file (`file_index`): used when it describes this very version,
 /// else the file is scanned and a fresh index written there (best effort).
 pub fn load_open_indexed(

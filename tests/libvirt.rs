@@ -853,6 +853,30 @@ fn start_with_its_netvm_chain() {
         env.events_after(&mut seen),
         ["vm0003|domain-pre-start|start_guid=True,mem_required=None"]
     );
+    // A required block device of dom0: not available until dom0's QubesDB lists it (then the
+    // start goes on, to the storage check).
+    let with_block = format!(
+        "{}      <devices class=\"block\"><device backend-domain=\"dom0\" id=\"loop7\" \
+         mode=\"required\" identity=\"*\"><option name=\"devtype\">cdrom</option>\
+         </device></devices>\n{}",
+        &xml[..at],
+        &xml[at..]
+    );
+    std::fs::write(&xml_path, with_block).unwrap();
+    assert_eq!(
+        call("admin.vm.Start+", "vm0003", b""),
+        "2\0QubesException\0\0Block device dom0+loop7 not available\0"
+    );
+    let dom0_db = env.run_dir().join("qubes-admin/qubesdb/dom0");
+    std::fs::create_dir_all(dom0_db.parent().unwrap()).unwrap();
+    std::fs::write(
+        &dom0_db,
+        "/qubes-block-devices/loop7/desc=/var/tmp/install.iso\n/qubes-block-devices/loop7/mode=r\n",
+    )
+    .unwrap();
+    assert!(call("admin.vm.Start+", "vm0003", b"")
+        .starts_with("2\0QubesVMError\0\0VM directory does not exist: "));
+    std::fs::remove_file(&dom0_db).unwrap();
     std::fs::write(&xml_path, xml).unwrap();
     // The fixture's qubes have nothing on disk here: the storage check refuses (the qube's
     // directory first, then the images), nothing starts.

@@ -251,7 +251,7 @@ fn start_qube(ctx: &mut Ctx<'_>, id: DomId, depth: u32) -> Result<(), ApiError> 
         "domain-pre-start",
         &[("start_guid", "True"), ("mem_required", "None")],
     );
-    let pci = crate::model::lifecycle::pci_devices(ctx, id, std::path::Path::new("/sys"))?;
+    let devices = crate::model::lifecycle::required_devices(ctx, id, std::path::Path::new("/sys"))?;
     let pools = volumes::pools(ctx);
     let vols = volumes::volumes_of(ctx, &pools, id)?;
     let dir = volumes::vm_dir(ctx, id);
@@ -267,7 +267,7 @@ fn start_qube(ctx: &mut Ctx<'_>, id: DomId, depth: u32) -> Result<(), ApiError> 
         vols,
     };
     let mut spawned = false;
-    if let Err(f) = spawn(ctx, id, &name, netvm, &storage, pci, &mut spawned) {
+    if let Err(f) = spawn(ctx, id, &name, netvm, &storage, devices, &mut spawned) {
         if spawned {
             let _ = ctx.hypervisor().op(&vm_uuid(ctx, id)?, Op::Destroy);
         }
@@ -324,7 +324,7 @@ fn spawn(
     name: &str,
     netvm: Option<DomId>,
     st: &Storage,
-    pci: Vec<crate::runtime::domain_xml::PciDevice>,
+    devices: crate::model::lifecycle::RequiredDevices,
     spawned: &mut bool,
 ) -> Result<(), StartFailure> {
     let early = |e: ApiError| StartFailure {
@@ -337,7 +337,7 @@ fn spawn(
             ctx.config.libvirt_uri
         ))));
     };
-    let spec = crate::model::lifecycle::domain_spec(ctx, id, &st.dir, &st.pools, &st.vols, pci)
+    let spec = crate::model::lifecycle::domain_spec(ctx, id, &st.dir, &st.pools, &st.vols, devices)
         .map_err(early)?;
     let xml = spec.to_xml(flavour);
     let services = ctx.dom0_services();

@@ -222,7 +222,7 @@ pub fn domain_spec(
     dir: &std::path::Path,
     pools: &[crate::storage::Pool],
     vols: &[crate::storage::VolumeConfig],
-    pci: Vec<crate::runtime::domain_xml::PciDevice>,
+    devices: RequiredDevices,
 ) -> Result<crate::runtime::domain_xml::DomainSpec, ApiError> {
     use crate::runtime::domain_xml::{Disk, DomainSpec, HvmOptions, Kernel, Net, VirtMode};
     let int = |p: &str| defaults::vm_u64(ctx, id, p).unwrap_or(0);
@@ -307,24 +307,101 @@ pub fn domain_spec(
         virt_mode: VirtMode::parse(&text(id, "virt_mode").unwrap_or_default()),
         hvm,
         console_log: Some(dir.join("console.log").to_string_lossy().into_owned()),
-        pci,
+        pci: devices.pci,
+        block: devices.block,
         e820_host: feature("pci-e820-host").is_none_or(|v| !v.is_empty()),
     })
 }
 
-/// The PCI devices to pass through: the `required` assignments of class `pci` from dom0
-/// (`<devices class="pci"><device backend-domain="dom0" id="00_14.0" mode="required"
-/// identity="…"><option name="no-strict-reset">True</option>`; storage-devices-backup.md
-/// §D.5: a missing mode is `required`), with their `permissive` and `no-strict-reset` options
-/// (set: a non-empty value). A port that is not a PCI path, or names no device on this
-/// machine (`sysfs`), refuses the start before anything else starts (§10.2: required
-/// assignments must resolve), with the reference's message.
-pub fn pci_devices(
+/// The devices a qube's `required` assignments give it (storage-devices-backup.md §D.5, §D.8),
+/// resolved before anything of the start happens: PCI devices of dom0 (the port, a PCI path, is
+/// looked up in `sysfs`), block devices of a running backend that lists the port in its
+/// QubesDB. A required device that does not resolve refuses the start with the reference's
+/// message (`Pci device dom0+00_14.0 not available`), and so does a class this implementation
+/// cannot attach (usb, mic): starting without a device the user marked required would be
+/// silent.
+pub fn required_devices(
     ctx: &Ctx<'_>,
     id: DomId,
     sysfs: &std::path::Path,
-) -> Result<Vec<crate::runtime::domain_xml::PciDevice>, ApiError> {
-    use crate::runtime::domain_xml::PciDevice;
+) -> Result<RequiredDevices, ApiError> {
+    use crate::runtime::domain_xml::{BlockDevice, PciDevice};
+    let mut out = RequiredDevices::default();
+    for a in required_assignments(ctx, id)? {
+        let mut class = a.class.clone();
+        if let Some(first) = class.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        let unavailable = || {
+            ApiError::qubes(format!(
+                "{class} device {}+{} not available",
+                a.backend, a.port
+            ))
+        };
+        let on = |name: &str| {
+            a.option(name)
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "yes" | "true" | "1"))
+        };
+        match a.class.as_str() {
+            "pci" => {
+                if a.backend != "dom0" {
+                    return Err(unavailable());
+                }
+                let mut dev = PciDevice::from_port(&a.port, sysfs).ok_or_else(unavailable)?;
+                dev.permissive = a.option("permissive").is_some_and(|v| !v.is_empty());
+                dev.no_strict_reset = a.option("no-strict-reset").is_some_and(|v| !v.is_empty());
+                out.pci.push(dev);
+            }
+            "block" => {
+                let mode = block_mode(ctx, &a.backend, &a.port)?.ok_or_else(unavailable)?;
+                out.block.push(BlockDevice {
+                    backend: a.backend.clone(),
+                    node: format!("/dev/{}", a.port.replace('_', "/")),
+                    frontend: a.option("frontend-dev").map(str::to_string),
+                    readonly: on("read-only") || mode == "r",
+                    devtype: a.option("devtype").unwrap_or("disk").to_string(),
+                });
+            }
+            _ => {
+                return Err(ApiError::qubes(format!(
+                    "{class} device {}+{} is required, but qubes-admin-rs cannot attach {} \
+                     devices",
+                    a.backend, a.port, a.class
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What [`required_devices`] resolved.
+#[derive(Debug, Default)]
+pub struct RequiredDevices {
+    pub pci: Vec<crate::runtime::domain_xml::PciDevice>,
+    pub block: Vec<crate::runtime::domain_xml::BlockDevice>,
+}
+
+/// A `required` device assignment as qubes.xml stores it.
+struct Assignment {
+    class: String,
+    backend: String,
+    port: String,
+    options: Vec<(String, String)>,
+}
+
+impl Assignment {
+    fn option(&self, name: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The `required` assignments of qube `id`, every class (`<devices class="pci"><device
+/// backend-domain="dom0" id="00_14.0" mode="required" identity="…"><option
+/// name="no-strict-reset">True</option>`; a missing mode is `required`).
+fn required_assignments(ctx: &Ctx<'_>, id: DomId) -> Result<Vec<Assignment>, ApiError> {
     use crate::store::xml::{attr, decode, Lexer, TokKind};
     if !ctx.doc().may_contain(id, b"<devices") {
         return Ok(Vec::new());
@@ -337,8 +414,8 @@ pub fn pci_devices(
         .filter(|(n, _)| *n == "devices")
     {
         let mut lx = Lexer::new(raw, 0);
-        let mut in_pci = false;
-        let mut current: Option<PciDevice> = None;
+        let mut class = String::new();
+        let mut current: Option<Assignment> = None;
         // The option whose text is being read.
         let mut option: Option<String> = None;
         while let Ok(Some(tok)) = lx.next_tok() {
@@ -346,38 +423,49 @@ pub fn pci_devices(
                 TokKind::Start { name, attrs, empty } => {
                     let get = |n: &str| attr(raw, attrs, n);
                     match name.of(raw) {
-                        b"devices" => in_pci = get("class").as_deref() == Some("pci"),
-                        b"device" if in_pci => {
+                        b"devices" => class = get("class").unwrap_or_default(),
+                        b"device" => {
                             current = None;
-                            let required = get("mode").is_none_or(|m| m == "required");
-                            if !required || get("backend-domain").as_deref() != Some("dom0") {
+                            if get("mode").is_some_and(|m| m != "required") {
                                 continue;
                             }
-                            let port = get("id").unwrap_or_default();
-                            let dev = PciDevice::from_port(&port, sysfs).ok_or_else(|| {
-                                ApiError::qubes(format!("Pci device dom0+{port} not available"))
-                            })?;
+                            let a = Assignment {
+                                class: class.clone(),
+                                backend: get("backend-domain").unwrap_or_default(),
+                                port: get("id").unwrap_or_default(),
+                                options: Vec::new(),
+                            };
                             if empty {
-                                out.push(dev);
+                                out.push(a);
                             } else {
-                                current = Some(dev);
+                                current = Some(a);
                             }
                         }
-                        b"option" if current.is_some() && !empty => option = get("name"),
+                        b"option" if current.is_some() => {
+                            let name = get("name").unwrap_or_default();
+                            if empty {
+                                if let Some(a) = current.as_mut() {
+                                    a.options.push((name, String::new()));
+                                }
+                            } else {
+                                option = Some(name);
+                            }
+                        }
                         _ => {}
                     }
                 }
                 TokKind::Text => {
-                    let on = !decode(tok.span.of(raw)).trim().is_empty();
-                    match (option.as_deref(), current.as_mut()) {
-                        (Some("permissive"), Some(d)) => d.permissive = on,
-                        (Some("no-strict-reset"), Some(d)) => d.no_strict_reset = on,
-                        _ => {}
+                    if let (Some(name), Some(a)) = (option.take(), current.as_mut()) {
+                        a.options.push((name, decode(tok.span.of(raw))));
                     }
                 }
                 TokKind::End { name } => match name.of(raw) {
                     b"device" => out.extend(current.take()),
-                    b"option" => option = None,
+                    b"option" => {
+                        if let (Some(name), Some(a)) = (option.take(), current.as_mut()) {
+                            a.options.push((name, String::new()));
+                        }
+                    }
                     _ => {}
                 },
                 _ => {}
@@ -385,6 +473,31 @@ pub fn pci_devices(
         }
     }
     Ok(out)
+}
+
+/// The mode (`w`, `r`) a block device `port` has in its backend's QubesDB
+/// (`/qubes-block-devices/<port>/`), `None` if the backend does not run or does not list it.
+fn block_mode(ctx: &Ctx<'_>, backend: &str, port: &str) -> Result<Option<String>, ApiError> {
+    let valid = (1..=12).contains(&port.len())
+        && port
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let Some(bid) = ctx.doc().domain_by_name(backend).filter(|_| valid) else {
+        return Ok(None);
+    };
+    if !ctx.doc().is_admin(bid) && !is_active(live_domain(ctx, bid)?.as_ref()) {
+        return Ok(None);
+    }
+    let mut db = ctx.dom0_services().qubesdb(backend)?;
+    let base = format!("/qubes-block-devices/{port}/");
+    if db.list(&base)?.is_empty() {
+        return Ok(None);
+    }
+    let mode = db.read(&format!("{base}mode"))?;
+    Ok(Some(match mode.as_deref() {
+        Some(b"r") => "r".to_string(),
+        _ => "w".to_string(),
+    }))
 }
 
 /// The kernel options every Xen guest gets before its `kernelopts`, unless its kernel directory
@@ -432,7 +545,7 @@ mod tests {
         ] {
             std::fs::create_dir_all(sys.path().join("devices").join(d)).unwrap();
         }
-        pci_devices(&ctx, id, sys.path())
+        required_devices(&ctx, id, sys.path()).map(|d| d.pci)
     }
 
     fn bdf(d: &PciDevice) -> (u16, u8, u8, u8, bool, bool) {
@@ -448,8 +561,8 @@ mod tests {
 
     #[test]
     fn pci_assignments_for_the_domain_xml() {
-        // 4.4's form (§D.5); a segment; a NIC behind a bridge; a missing mode (required); a
-        // non-required one, another backend and another class are not passed through.
+        // 4.4's form (§D.5); a segment; a NIC behind a bridge; a missing mode (required);
+        // assignments that are not required (any class) are not passed through.
         let got = pci_of(
             "<devices class=\"pci\">\
              <device backend-domain=\"dom0\" id=\"00_19.0\" mode=\"required\" \
@@ -459,11 +572,10 @@ mod tests {
              <option name=\"permissive\">True</option><option name=\"other\">x</option></device>\
              <device backend-domain=\"dom0\" id=\"00_1c.0-00_00.0\" identity=\"*\"/>\
              <device backend-domain=\"dom0\" id=\"00_1f.6\" mode=\"auto-attach\"/>\
-             <device backend-domain=\"sys-usb\" id=\"00_1f.5\" mode=\"required\"/>\
              <device backend-domain=\"dom0\" id=\"00_14.0\" mode=\"required\">\
              <option name=\"permissive\"></option></device>\
              </devices><devices class=\"usb\">\
-             <device backend-domain=\"sys-usb\" id=\"2-1\" mode=\"required\"/></devices>",
+             <device backend-domain=\"sys-usb\" id=\"2-1\" mode=\"auto-attach\"/></devices>",
         )
         .unwrap();
         let got: Vec<_> = got.iter().map(bdf).collect();
@@ -477,6 +589,24 @@ mod tests {
             ]
         );
         assert!(pci_of("<devices class=\"pci\"/>").unwrap().is_empty());
+        // Refused: what is not a PCI path of this machine, a PCI device of another backend, a
+        // required class this implementation cannot attach.
+        let refused = |devices: &str| pci_of(devices).unwrap_err().to_string();
+        assert_eq!(
+            refused(
+                "<devices class=\"pci\"><device backend-domain=\"sys-usb\" id=\"00_1f.5\" \
+                 mode=\"required\"/></devices>"
+            ),
+            "QubesException: Pci device sys-usb+00_1f.5 not available"
+        );
+        assert_eq!(
+            refused(
+                "<devices class=\"usb\"><device backend-domain=\"sys-usb\" id=\"2-1\" \
+                 mode=\"required\"/></devices>"
+            ),
+            "QubesException: Usb device sys-usb+2-1 is required, but qubes-admin-rs cannot \
+             attach usb devices"
+        );
         for port in ["bogus", "00_1d.0-00_00.0", "00_1f.3"] {
             let err = pci_of(&format!(
                 "<devices class=\"pci\"><device backend-domain=\"dom0\" id=\"{port}\" \

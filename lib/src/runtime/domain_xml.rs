@@ -30,8 +30,26 @@ pub struct DomainSpec {
     pub console_log: Option<String>,
     /// PCI devices passed through (Xen only: the sandbox has none to give).
     pub pci: Vec<PciDevice>,
+    /// Block devices of required assignments (Xen only), after the volumes.
+    pub block: Vec<BlockDevice>,
     /// PV with PCI devices: expose the host's memory map (`pci-e820-host`, default on).
     pub e820_host: bool,
+}
+
+/// A block device of a `required` assignment (storage-devices-backup.md §D.4, §D.8): a device
+/// node in its backend qube (dom0 or a qube such as sys-usb).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDevice {
+    /// The backend qube's name.
+    pub backend: String,
+    /// `/dev/` and the port id with `_` → `/` (`sda1`, `loop12`, `dm-0`, `mapper_x` → `/dev/mapper/x`).
+    pub node: String,
+    /// The assignment's `frontend-dev` (`xvdX`/`sdX`); none: the next free `xvdi…` (a cdrom
+    /// prefers `xvdd`).
+    pub frontend: Option<String>,
+    pub readonly: bool,
+    /// `disk` or `cdrom`.
+    pub devtype: String,
 }
 
 /// A host PCI device given to the qube (a `required` assignment from dom0).
@@ -375,7 +393,9 @@ impl DomainSpec {
              <on_crash>destroy</on_crash>\n    <devices>\n",
         );
         // root, private, volatile and kernel have fixed devices; any other volume takes the
-        // next of xvde…xvdz.
+        // next of xvde…xvdz; assigned block devices take their frontend-dev or the next free of
+        // xvdi…xvdz.
+        let mut used: Vec<String> = Vec::new();
         let mut extra = b'e';
         for d in &self.disks {
             let dev = match d.name.as_str() {
@@ -394,6 +414,7 @@ impl DomainSpec {
                  <source dev=\"{}\"/>\n            <target dev=\"{dev}\"/>\n",
                 a(&d.path)
             ));
+            used.push(dev);
             if d.readonly {
                 x.push_str("            <readonly/>\n");
             }
@@ -401,6 +422,40 @@ impl DomainSpec {
                 x.push_str(&format!("            <script path=\"{}\"/>\n", a(script)));
             }
             x.push_str("        </disk>\n");
+        }
+        let mut next = b'i';
+        for b in &self.block {
+            let dev = match &b.frontend {
+                Some(f) => f.clone(),
+                None if b.devtype == "cdrom" && !used.iter().any(|u| u == "xvdd") => {
+                    "xvdd".to_string()
+                }
+                None => loop {
+                    let dev = format!("xvd{}", char::from(next.min(b'z')));
+                    if next > b'z' || !used.contains(&dev) {
+                        break dev;
+                    }
+                    next += 1;
+                },
+            };
+            x.push_str(&format!(
+                "        <disk type=\"block\" device=\"{}\">\n            <driver name=\"phy\"/>\n            \
+                 <source dev=\"{}\"/>\n            <target dev=\"{}\"/>\n",
+                a(&b.devtype),
+                a(&b.node),
+                a(&dev)
+            ));
+            if b.readonly {
+                x.push_str("            <readonly/>\n");
+            }
+            if b.backend != "dom0" {
+                x.push_str(&format!(
+                    "            <backenddomain name=\"{}\"/>\n",
+                    a(&b.backend)
+                ));
+            }
+            x.push_str("        </disk>\n");
+            used.push(dev);
         }
         if let Some(n) = &self.net {
             x.push_str(&format!(
@@ -541,6 +596,7 @@ mod tests {
             hvm: HvmOptions::default(),
             console_log: Some("/run/q/console/guest-work.log".into()),
             pci: Vec::new(),
+            block: Vec::new(),
             e820_host: true,
         }
     }
@@ -669,11 +725,36 @@ mod tests {
             no_strict_reset: false,
         };
         pv.pci = vec![nic, usb];
-        golden("pv-pci.xml", &pv);
-        let mut hvm_pci = pv.clone();
-        hvm_pci.virt_mode = VirtMode::Hvm;
-        hvm_pci.kernel = None;
-        golden("hvm-pci.xml", &hvm_pci);
+        // And block devices: a USB stick's partition from sys-usb read-only, a dom0 disk at a
+        // chosen target, an ISO's loop device as a cdrom (xvdd is the kernel's here).
+        pv.block = vec![
+            BlockDevice {
+                backend: "sys-usb".into(),
+                node: "/dev/sda1".into(),
+                frontend: None,
+                readonly: true,
+                devtype: "disk".into(),
+            },
+            BlockDevice {
+                backend: "dom0".into(),
+                node: "/dev/mapper/data".into(),
+                frontend: Some("xvdp".into()),
+                readonly: false,
+                devtype: "disk".into(),
+            },
+            BlockDevice {
+                backend: "dom0".into(),
+                node: "/dev/loop7".into(),
+                frontend: None,
+                readonly: true,
+                devtype: "cdrom".into(),
+            },
+        ];
+        golden("pv-devices.xml", &pv);
+        let mut hvm_dev = pv.clone();
+        hvm_dev.virt_mode = VirtMode::Hvm;
+        hvm_dev.kernel = None;
+        golden("hvm-devices.xml", &hvm_dev);
         let mut hvm = spec();
         hvm.virt_mode = VirtMode::Hvm;
         hvm.kernel = None;

@@ -403,7 +403,7 @@ impl System {
     /// What the helper runs when a firewall rule may have expired
     /// ([`api::vm_firewall::expire_due`] for each qube, its events logged as a call's are).
     /// Returns the next expiry of any rule. A qube whose rules cannot be handled is reported
-    /// and skipped: the others still lose their expired rules.
+    /// and skipped (the others still lose their expired rules) and tried again in a minute.
     pub fn expire_firewall_rules(&mut self) -> Result<Option<i64>, ApiError> {
         let doc = cached_document(&mut self.cache, &self.config, self.hv.as_ref())?;
         let Some(dom0) = doc.domain_by_name("dom0") else {
@@ -421,13 +421,10 @@ impl System {
             let mut ctx = Ctx::new(&self.config, call, DocRef::Read(doc), self.hv.as_ref());
             let r = api::vm_firewall::expire_due(&mut ctx);
             let outcome = ctx.finish();
-            match r {
+            let at = match r {
                 Ok(at) => {
                     log_and_finish(&self.config, outcome)?;
-                    next = match (next, at) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
+                    at
                 }
                 Err(e) => {
                     outcome.abort();
@@ -437,16 +434,24 @@ impl System {
                         e.ty.as_str(),
                         e.msg
                     );
+                    Some(model::firewall::now() + RETRY_SECS)
                 }
-            }
+            };
+            next = match (next, at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         Ok(next)
     }
 }
 
+/// How long the firewall timer waits before trying again after a failure.
+const RETRY_SECS: i64 = 60;
+
 /// The helper's firewall timer ([`runtime::eventd::Timer`]): [`System::expire_firewall_rules`]
-/// on the helper's own runtime source. Errors go to stderr; `None` then waits for the next
-/// word in [`model::firewall::timers_dir`].
+/// on the helper's own runtime source. Errors go to stderr, and the sweep is tried again in a
+/// minute.
 pub fn expire_firewall_rules(config: &Config, hv: Box<dyn runtime::Hypervisor>) -> Option<i64> {
     match System::with_hypervisor(config.clone(), hv).expire_firewall_rules() {
         Ok(next) => next,
@@ -456,7 +461,7 @@ pub fn expire_firewall_rules(config: &Config, hv: Box<dyn runtime::Hypervisor>) 
                 e.ty.as_str(),
                 e.msg
             );
-            None
+            Some(model::firewall::now() + RETRY_SECS)
         }
     }
 }

@@ -252,6 +252,15 @@ fn start_qube(ctx: &mut Ctx<'_>, id: DomId, depth: u32) -> Result<(), ApiError> 
         &[("start_guid", "True"), ("mem_required", "None")],
     );
     let devices = crate::model::lifecycle::required_devices(ctx, id, std::path::Path::new("/sys"))?;
+    if !devices.is_empty() && Flavour::for_uri(&ctx.config.libvirt_uri) != Some(Flavour::Xen) {
+        // The sandbox's drivers cannot give a qube host devices: say so rather than start it
+        // without what it requires.
+        return Err(ApiError::qubes(format!(
+            "{name} requires PCI or block devices, which only a Xen libvirt passes through \
+             (this one is {})",
+            ctx.config.libvirt_uri
+        )));
+    }
     let pools = volumes::pools(ctx);
     let vols = volumes::volumes_of(ctx, &pools, id)?;
     let dir = volumes::vm_dir(ctx, id);

@@ -381,6 +381,12 @@ pub struct RequiredDevices {
     pub block: Vec<crate::runtime::domain_xml::BlockDevice>,
 }
 
+impl RequiredDevices {
+    pub fn is_empty(&self) -> bool {
+        self.pci.is_empty() && self.block.is_empty()
+    }
+}
+
 /// A `required` device assignment as qubes.xml stores it.
 struct Assignment {
     class: String,

@@ -51,19 +51,15 @@ impl Writer {
             .extend_from_slice(&u32::try_from(v).ok()?.to_le_bytes());
         Some(())
     }
+    /// The twin of [`Reader::range`].
+    fn range(&mut self, s: Span) -> Option<()> {
+        self.u32(s.start)?;
+        self.u32(s.end)
+    }
+    /// The twin of [`Reader::opt_span`].
     fn span(&mut self, s: Option<Span>) -> Option<()> {
-        match s {
-            Some(s) => {
-                self.u32(1)?;
-                self.u32(s.start)?;
-                self.u32(s.end)
-            }
-            None => {
-                self.u32(0)?;
-                self.u32(0)?;
-                self.u32(0)
-            }
-        }
+        self.u32(usize::from(s.is_some()))?;
+        self.range(s.unwrap_or_default())
     }
 }
 
@@ -118,7 +114,7 @@ fn put_stamp(out: &mut Vec<u8>, s: &FileStamp) {
     out.extend_from_slice(&s.ctime_ns.to_le_bytes());
 }
 
-/// What [`Document::from_index`] takes from an index file.
+/// What [`Document::from_decoded`] takes from an index file.
 pub(super) struct Decoded {
     pub(super) root_open_end: usize,
     pub(super) root_close_start: usize,
@@ -175,23 +171,15 @@ pub(super) fn encode(doc: &Document, stamp: &FileStamp) -> Option<Vec<u8>> {
             Txt::Own(s) if s.is_empty() => Some(Span::new(0, 0)),
             Txt::Own(_) => None,
         };
-        w.u32(lead.start)?;
-        w.u32(lead.end)?;
-        w.u32(span.start)?;
-        w.u32(span.end)?;
-        let class = src_span(&d.class)?;
-        w.u32(class.start)?;
-        w.u32(class.end)?;
-        let name = src_span(&d.name)?;
-        w.u32(name.start)?;
-        w.u32(name.end)?;
+        w.range(lead)?;
+        w.range(span)?;
+        w.range(src_span(&d.class)?)?;
+        w.range(src_span(&d.name)?)?;
         let uuid = match &d.uuid {
-            Some(u) => Some(src_span(u)?),
-            None => None,
+            Some(u) => src_span(u)?,
+            None => Span::default(),
         };
-        let u = uuid.unwrap_or_default();
-        w.u32(u.start)?;
-        w.u32(u.end)?;
+        w.range(uuid)?;
         match d.qid {
             Some(q) if q != NONE => w.u32(q as usize)?,
             Some(_) => return None,

@@ -80,6 +80,33 @@ fn written_by_a_reader_and_by_a_write() {
 
 /// Another program replaces qubes.xml by rename with a file of the same size, and sets its
 /// modification time back: the index describes the old version and is not used.
+/// A temp file a crashed process left between writing the index and renaming it is removed by
+/// the next write; one whose process lives (it may be writing now) and other names stay.
+#[test]
+fn a_dead_writers_index_temp_is_swept_by_the_next_write() {
+    let sb = Sandbox::new("golden-10");
+    let dir = index(&sb).parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    // Above any pid Linux hands out (pid_max is at most 2^22).
+    let dead = dir.join("qubes.xml.index.999999999");
+    let live = dir.join(format!("qubes.xml.index.{}", std::process::id()));
+    let other = dir.join("qubes.xml.index.x1");
+    for p in [&dead, &live, &other] {
+        std::fs::write(p, "torn").unwrap();
+    }
+    assert_eq!(label_of(&sb, "vm0001"), "0|default=False type=label orange");
+    assert!(dead.exists(), "readers do not sweep");
+    let set = sb.socket_request(&frame_request(
+        "admin.vm.property.Set+label",
+        "dom0",
+        "vm0001",
+        b"blue",
+    ));
+    assert_eq!(show(&set.stdout), "0|");
+    assert!(!dead.exists());
+    assert!(live.exists() && other.exists());
+}
+
 #[test]
 fn replaced_with_same_size_and_restored_mtime() {
     let sb = Sandbox::new("golden-10");

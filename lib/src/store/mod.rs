@@ -15,8 +15,10 @@ pub mod xml;
 pub use document::{Document, DomId, Label, Pool, Source, DOM0_UUID};
 pub use domain::DomainData;
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -299,6 +301,36 @@ pub fn sweep_stale_temps(path: &Path) -> usize {
     n
 }
 
+/// Removes the index's temp files (`qubes.xml.index.<pid>`, see [`write_index`]) whose process
+/// no longer exists: left by a crash between write and rename. A live reader may be writing
+/// one without the lock, hence the pid check rather than the lock. Returns how many were removed.
+pub fn sweep_dead_index_temps(index: &Path) -> usize {
+    let (Some(dir), Some(name)) = (index.parent(), index.file_name()) else {
+        return 0;
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".");
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let Some(pid) = name.as_encoded_bytes().strip_prefix(prefix) else {
+            continue;
+        };
+        let is_pid = !pid.is_empty() && pid.iter().all(u8::is_ascii_digit);
+        if is_pid
+            && !Path::new("/proc").join(OsStr::from_bytes(pid)).exists()
+            && std::fs::remove_file(ent.path()).is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// A write transaction: holds the OFD lock on qubes.xml (which also excludes Python tools using
 /// `lockf`) from load to commit.
 ///
@@ -357,6 +389,9 @@ impl WriteTxn {
                 continue;
             }
             sweep_stale_temps(path);
+            if let Some(index) = index {
+                sweep_dead_index_temps(index);
+            }
             let src = read_source(path, &f, md.size())?;
             let doc = parse_indexed(src, &stamp_of(&md), index)?;
             return Ok(WriteTxn {

@@ -95,7 +95,7 @@ impl System {
 
     /// How long the calls so far waited on live libvirt requests (per-domain state,
     /// operations, definitions); the rest of a call's time is its own.
-    pub fn hypervisor_waited(&self) -> std::time::Duration {
+    pub fn hypervisor_waited(&self) -> runtime::Waits {
         self.hv.waited()
     }
 

@@ -59,7 +59,7 @@ pub struct EventdClient {
     /// How long the helper (or the fallback) may take to answer.
     pub reply_timeout: Duration,
     /// Time spent in live requests: `info`, `define`, `op` ([`Hypervisor::waited`]).
-    waited: std::cell::Cell<Duration>,
+    waited: std::cell::Cell<super::Waits>,
 }
 
 impl EventdClient {
@@ -71,7 +71,7 @@ impl EventdClient {
             eventd: None,
             connect_timeout: Duration::from_millis(100),
             reply_timeout: Duration::from_secs(10),
-            waited: std::cell::Cell::new(Duration::ZERO),
+            waited: std::cell::Cell::default(),
         }
     }
 
@@ -279,9 +279,11 @@ pub(super) fn proto_err(e: ProtoError) -> HvError {
 
 impl EventdClient {
     fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
-        let t = std::time::Instant::now();
+        let (began, t) = (std::time::SystemTime::now(), std::time::Instant::now());
         let r = f();
-        self.waited.set(self.waited.get() + t.elapsed());
+        let mut w = self.waited.get();
+        w.add(began, t.elapsed());
+        self.waited.set(w);
         r
     }
 }
@@ -302,7 +304,7 @@ impl Hypervisor for EventdClient {
         proto::decode_done(&reply).map_err(op_err)
     }
 
-    fn waited(&self) -> Duration {
+    fn waited(&self) -> super::Waits {
         self.waited.get()
     }
 

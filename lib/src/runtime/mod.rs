@@ -175,8 +175,27 @@ pub trait Hypervisor {
     /// How long this source has waited on live libvirt requests so far (per-domain state,
     /// lifecycle operations, definitions): what a call spent in libvirt, as opposed to its
     /// own work (`QUBES_ADMIN_TIMING`).
-    fn waited(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
+    fn waited(&self) -> Waits {
+        Waits::default()
+    }
+}
+
+/// What a call waited on libvirt ([`Hypervisor::waited`]): in all, and its longest single
+/// request (when it began, on the wall clock, and how long it took), so that a benchmark can
+/// tell whether concurrent calls were inside libvirt at the same time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Waits {
+    pub total: std::time::Duration,
+    pub longest: Option<(std::time::SystemTime, std::time::Duration)>,
+}
+
+impl Waits {
+    /// Counts one request that began at `began` and took `took`.
+    pub fn add(&mut self, began: std::time::SystemTime, took: std::time::Duration) {
+        self.total += took;
+        if self.longest.is_none_or(|(_, d)| took > d) {
+            self.longest = Some((began, took));
+        }
     }
 }
 

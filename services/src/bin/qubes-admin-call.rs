@@ -169,10 +169,20 @@ fn reply(request: Result<RawRequest, ApiError>, endpoint: Endpoint) {
             // The caller may be gone; nothing to do about it.
             let _ = system.serve(&raw, &mut out);
             if std::env::var_os("QUBES_ADMIN_TIMING").is_some() {
-                // For benchmarks: what part of the call libvirt took.
+                // For benchmarks: what part of the call libvirt took, and its longest request
+                // (its start in µs since the epoch, its length in µs).
+                let w = system.hypervisor_waited();
+                let (began, took) = w
+                    .longest
+                    .unwrap_or((std::time::UNIX_EPOCH, Default::default()));
+                let began = began
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 eprintln!(
-                    "qubes-admin-timing: hypervisor {} us",
-                    system.hypervisor_waited().as_micros()
+                    "qubes-admin-timing: hypervisor {} us longest {}+{} us",
+                    w.total.as_micros(),
+                    began.as_micros(),
+                    took.as_micros()
                 );
             }
         }

@@ -1642,6 +1642,7 @@ fn in_process_reader_sees_every_external_write() {
         policy_compat_dir: sys.sb.policy_dir().join("compat"),
         lock_timeout: Duration::from_secs(10),
         dom0: qubes_admin::config::Dom0Config::for_uri(&sys.sb.libvirt_uri()),
+        ..qubes_admin::Config::default()
     });
     let mut get = || {
         local.call(&RawRequest {

@@ -90,6 +90,7 @@ impl Env {
             run_dir: root.join("run"),
             policy_dir: root.join("policy.d"),
             policy_compat_dir: root.join("policy-compat"),
+            template_dirs: vec![root.join("templates")],
             lock_timeout: Duration::from_millis(200),
             // Never the real qmemman/QubesDB/qrexec, whatever a fuzzed call asks for.
             dom0: qubes_admin::config::Dom0Config::for_uri("test:///default"),

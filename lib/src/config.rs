@@ -22,6 +22,10 @@ pub struct Config {
     pub policy_dir: PathBuf,
     /// `QUBES_POLICY_COMPAT_DIR`, default `/etc/qubes-rpc/policy`: what `!compat-4.0` reads.
     pub policy_compat_dir: PathBuf,
+    /// Where the user overrides of the Xen domain XML live (`runtime::xen_template`):
+    /// `QUBES_TEMPLATE_DIRS` (colon-separated), default `/etc/qubes/templates` then
+    /// `/usr/share/qubes/templates`, the reference's search path.
+    pub template_dirs: Vec<PathBuf>,
     /// How long a writer waits for the qubes.xml lock before answering "busy"
     /// (`QUBES_LOCK_TIMEOUT_MS`, default 10 s).
     pub lock_timeout: Duration,
@@ -78,6 +82,10 @@ impl Default for Config {
             run_dir: PathBuf::from("/run/qubes"),
             policy_dir: PathBuf::from("/etc/qubes/policy.d"),
             policy_compat_dir: PathBuf::from("/etc/qubes-rpc/policy"),
+            template_dirs: vec![
+                PathBuf::from("/etc/qubes/templates"),
+                PathBuf::from("/usr/share/qubes/templates"),
+            ],
             lock_timeout: Duration::from_secs(10),
             dom0: Dom0Config::for_uri("xen:///"),
         }
@@ -111,6 +119,9 @@ impl Config {
         }
         if let Some(v) = nonempty("QUBES_POLICY_COMPAT_DIR") {
             c.policy_compat_dir = v.into();
+        }
+        if let Some(v) = nonempty("QUBES_TEMPLATE_DIRS") {
+            c.template_dirs = std::env::split_paths(&v).collect();
         }
         if let Some(ms) = nonempty("QUBES_LOCK_TIMEOUT_MS")
             .and_then(|v| v.to_str().and_then(|s| s.parse::<u64>().ok()))

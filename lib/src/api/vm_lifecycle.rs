@@ -324,6 +324,23 @@ fn libvirt_failure(e: &crate::runtime::HvError) -> StartFailure {
     }
 }
 
+/// The Xen domain XML, through the administrator's override (`xen-user.xml`, …) if there is
+/// one, as the reference renders it.
+fn xen_xml(
+    ctx: &Ctx<'_>,
+    id: DomId,
+    spec: &crate::runtime::domain_xml::DomainSpec,
+) -> Result<String, ApiError> {
+    use crate::runtime::xen_template;
+    let blocks = spec.xen_blocks();
+    let dirs = &ctx.config.template_dirs;
+    let Some((selected, _)) = xen_template::find_override(dirs, &spec.name) else {
+        return Ok(blocks.assemble());
+    };
+    let vm = crate::model::lifecycle::template_vm(ctx, id)?;
+    xen_template::render(&blocks, &selected, dirs, vm).map_err(|e| start_failed(&e.to_string()))
+}
+
 /// The part of a Start after which a failure fires `domain-start-failed` (§10.2): memory from
 /// qmemman, the storage, the domain spawned paused, QubesDB, resumed, qrexec. `spawned` tells
 /// the caller whether a domain exists to destroy.
@@ -348,7 +365,11 @@ fn spawn(
     };
     let spec = crate::model::lifecycle::domain_spec(ctx, id, &st.dir, &st.pools, &st.vols, devices)
         .map_err(early)?;
-    let xml = spec.to_xml(flavour);
+    let xml = match flavour {
+        // The administrator's overrides (xen-user.xml, …), as the reference renders them.
+        Flavour::Xen => xen_xml(ctx, id, &spec).map_err(early)?,
+        _ => spec.to_xml(flavour),
+    };
     let services = ctx.dom0_services();
     let net_ops = match netvm {
         Some(_) => qubesdb::client_entries(ctx, id, None).map_err(early)?,

@@ -313,6 +313,61 @@ pub fn domain_spec(
     })
 }
 
+/// What a user override of the Xen domain XML gets as `vm` (`runtime::xen_template`): every
+/// property that has a value, the qube's features (and, for `check_with_template`, those along
+/// its template chain) and its tags.
+pub fn template_vm(
+    ctx: &Ctx<'_>,
+    id: DomId,
+) -> Result<crate::runtime::xen_template::TemplateVm, ApiError> {
+    use crate::model::props::{table_of, Holder, ReadErr};
+    use crate::runtime::xen_template::{TemplateVm, TplVal};
+    let h = Holder::Vm(id);
+    let mut properties = Vec::new();
+    for def in table_of(ctx, h)? {
+        let v = match defaults::get(ctx, h, def) {
+            Ok(v) => v,
+            Err(ReadErr::Unset) => continue,
+            Err(ReadErr::Api(e)) => return Err(e),
+        };
+        properties.push((
+            def.name.to_string(),
+            match v {
+                Val::None => TplVal::None,
+                Val::Bool(b) => TplVal::Bool(b),
+                Val::Int(i) => TplVal::Int(i),
+                Val::Text(t) => TplVal::Text(t),
+                Val::Vm(n) => TplVal::Vm(n),
+            },
+        ));
+    }
+    let data = ctx.doc().data(id)?;
+    let features: std::collections::BTreeMap<String, String> = data
+        .features()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut with_template = std::collections::BTreeMap::new();
+    let mut vm = Some(id);
+    for _ in 0..32 {
+        let Some(at) = vm else { break };
+        for (k, _) in ctx.doc().data(at)?.features() {
+            if !with_template.contains_key(k) {
+                if let Some(v) = defaults::feature_with_template(ctx, id, k) {
+                    with_template.insert(k.to_string(), v);
+                }
+            }
+        }
+        vm = defaults::template_of(ctx, at, 0);
+    }
+    Ok(TemplateVm {
+        properties,
+        features,
+        features_with_template: with_template,
+        tags: data.tags().into_iter().map(str::to_string).collect(),
+    })
+}
+
 /// The devices a qube's `required` assignments give it (storage-devices-backup.md §D.5, §D.8),
 /// resolved before anything of the start happens: PCI devices of dom0 (the port, a PCI path, is
 /// looked up in `sysfs`), block devices of a running backend that lists the port in its
@@ -519,8 +574,9 @@ mod tests {
     use crate::runtime::{HostInfo, Offline};
     use crate::store::Document;
 
-    /// sys-net of the `gen10` fixture with `devices` spliced in after its volume config.
-    fn pci_of(devices: &str) -> Result<Vec<PciDevice>, ApiError> {
+    /// `f` on a Start of sys-net in the `gen10` fixture with `devices` spliced in after its
+    /// volume config.
+    fn on_sys_net<T>(devices: &str, f: impl FnOnce(&Ctx<'_>, DomId) -> T) -> T {
         let xml = include_str!("../../../tests/fixtures/gen10/qubes.xml");
         let at = xml.find("appvms/sys-net/volatile").unwrap();
         let end = at + xml[at..].find("</volume-config>\n").unwrap() + 16;
@@ -542,6 +598,15 @@ mod tests {
             payload: Vec::new(),
         };
         let ctx = Ctx::new(&config, call, DocRef::Read(&doc), &hv);
+        f(&ctx, id)
+    }
+
+    /// sys-net's required PCI devices, with `devices` as its assignments.
+    fn pci_of(devices: &str) -> Result<Vec<PciDevice>, ApiError> {
+        on_sys_net(devices, pci_in)
+    }
+
+    fn pci_in(ctx: &Ctx<'_>, id: DomId) -> Result<Vec<PciDevice>, ApiError> {
         let sys = tempfile::tempdir().unwrap();
         for d in [
             "pci0000:00/0000:00:1c.0/0000:03:00.0",
@@ -551,7 +616,46 @@ mod tests {
         ] {
             std::fs::create_dir_all(sys.path().join("devices").join(d)).unwrap();
         }
-        required_devices(&ctx, id, sys.path()).map(|d| d.pci)
+        required_devices(ctx, id, sys.path()).map(|d| d.pci)
+    }
+
+    /// A user override sees the qube as the reference's `vm`: its properties with their
+    /// defaults (numbers, booleans, qubes by name, None), its own features and those along the
+    /// template chain, its tags.
+    #[test]
+    fn the_vm_a_template_override_sees() {
+        use crate::runtime::xen_template::{find_override, render};
+        let d = tempfile::tempdir().unwrap();
+        let user = d.path().join("libvirt/xen-user.xml");
+        std::fs::create_dir_all(user.parent().unwrap()).unwrap();
+        std::fs::write(
+            &user,
+            "{% extends 'libvirt/xen.xml' %}{% block on %}{{ vm.name }} {{ vm.netvm }} \
+             {{ vm.template }} {{ vm.template.name }} {{ vm.memory * 2 }} {{ vm.provides_network }} \
+             {{ vm.features.get('service.clocksync') }} {{ vm.features.check_with_template('os') }} \
+             {{ vm.features.get('os', 'own: none') }} {{ vm.tags|join(',') }} {{ vm.label }} \
+             {{ vm.virt_mode }}\n{% endblock %}",
+        )
+        .unwrap();
+        let dirs = vec![d.path().to_path_buf()];
+        let (selected, file) = find_override(&dirs, "sys-net").unwrap();
+        assert_eq!((selected.as_str(), file), ("libvirt/xen-user.xml", user));
+        let blocks = crate::runtime::domain_xml::XenBlocks {
+            basic: String::new(),
+            cpu: String::new(),
+            os: String::new(),
+            features: String::new(),
+            clock: String::new(),
+            on: String::new(),
+            devices: String::new(),
+        };
+        let vm = on_sys_net("", template_vm).unwrap();
+        let got = render(&blocks, &selected, &dirs, vm).unwrap();
+        assert_eq!(
+            got.lines().nth(5).unwrap(),
+            "sys-net None fedora-41 fedora-41 800 True 1 Linux own: none \
+             audiovm-dom0,guivm-dom0,audiovm-skip red pvh"
+        );
     }
 
     fn bdf(d: &PciDevice) -> (u16, u8, u8, u8, bool, bool) {

@@ -316,9 +316,14 @@ impl DomainSpec {
 
     /// The Xen domain: the reference template's elements and attributes, in its order.
     fn xen_xml(&self) -> String {
+        self.xen_blocks().assemble()
+    }
+
+    /// The Xen domain XML, block by block ([`XenBlocks`]).
+    pub fn xen_blocks(&self) -> XenBlocks {
         let hvm = self.virt_mode == VirtMode::Hvm;
-        let mut x = format!(
-            "<domain type=\"xen\">\n    <name>{}</name>\n    <uuid>{}</uuid>\n    \
+        let basic = format!(
+            "    <name>{}</name>\n    <uuid>{}</uuid>\n    \
              <memory unit=\"MiB\">{}</memory>\n    <currentMemory unit=\"MiB\">{}</currentMemory>\n    \
              <vcpu placement=\"static\">{}</vcpu>\n",
             e(&self.name),
@@ -327,8 +332,9 @@ impl DomainSpec {
             self.memory_mib,
             self.vcpus
         );
+        let mut cpu = String::new();
         if self.virt_mode != VirtMode::Pv {
-            x.push_str(
+            cpu.push_str(
                 "    <cpu mode=\"host-passthrough\">\n        <!-- disable nested HVM -->\n        \
                  <feature name=\"vmx\" policy=\"disable\"/>\n        \
                  <feature name=\"svm\" policy=\"disable\"/>\n        \
@@ -336,7 +342,7 @@ impl DomainSpec {
                  <feature name=\"invtsc\" policy=\"require\"/>\n    </cpu>\n",
             );
         }
-        x.push_str("    <os>\n");
+        let mut x = String::new();
         match self.virt_mode {
             VirtMode::Hvm => x.push_str(&format!(
                 "        <type arch=\"x86_64\" machine=\"xenfv\">hvm</type>\n        \
@@ -364,34 +370,32 @@ impl DomainSpec {
                 e(&k.cmdline)
             ));
         }
-        x.push_str("    </os>\n    <features>\n");
+        let os = std::mem::take(&mut x);
         if self.virt_mode != VirtMode::Pv {
             x.push_str("        <pae/>\n        <acpi/>\n        <apic/>\n        <viridian/>\n");
         }
         if self.virt_mode == VirtMode::Pv && !self.pci.is_empty() && self.e820_host {
             x.push_str("        <xen>\n            <e820_host state=\"on\"/>\n        </xen>\n");
         }
-        x.push_str("    </features>\n");
-        if hvm {
+        let features = std::mem::take(&mut x);
+        let clock = if hvm {
             let tz = self.hvm.timezone.to_ascii_lowercase();
-            x.push_str(&if tz == "localtime" {
+            if tz == "localtime" {
                 "    <clock offset=\"variable\" adjustment=\"0\" basis=\"localtime\"/>\n"
                     .to_string()
             } else if !tz.is_empty() && tz.bytes().all(|b| b.is_ascii_digit()) {
                 format!("    <clock offset=\"variable\" adjustment=\"{tz}\" basis=\"UTC\"/>\n")
             } else {
                 "    <clock offset=\"variable\" adjustment=\"0\" basis=\"UTC\"/>\n".to_string()
-            });
+            }
         } else {
-            x.push_str(
-                "    <clock offset=\"utc\" adjustment=\"reset\">\n        \
-                 <timer name=\"tsc\" mode=\"native\"/>\n    </clock>\n",
-            );
-        }
-        x.push_str(
-            "    <on_poweroff>destroy</on_poweroff>\n    <on_reboot>destroy</on_reboot>\n    \
-             <on_crash>destroy</on_crash>\n    <devices>\n",
-        );
+            "    <clock offset=\"utc\" adjustment=\"reset\">\n        \
+             <timer name=\"tsc\" mode=\"native\"/>\n    </clock>\n"
+                .to_string()
+        };
+        let on = "    <on_poweroff>destroy</on_poweroff>\n    <on_reboot>destroy</on_reboot>\n    \
+                  <on_crash>destroy</on_crash>\n"
+            .to_string();
         // root, private, volatile and kernel have fixed devices; any other volume takes the
         // next of xvde…xvdz; assigned block devices take their frontend-dev or the next free of
         // xvdi…xvdz.
@@ -541,9 +545,71 @@ impl DomainSpec {
         }
         x.push_str(
             "        <console type=\"pty\">\n            <target type=\"xen\" port=\"0\"/>\n        \
-             </console>\n    </devices>\n</domain>\n",
+             </console>\n",
         );
+        XenBlocks {
+            basic,
+            cpu,
+            os,
+            features,
+            clock,
+            on,
+            devices: x,
+        }
+    }
+}
+
+/// A Xen domain XML cut where the reference's `libvirt/xen.xml` template has its blocks, so
+/// that a user template extending it (`xen-user.xml`, `xen/by-name/<qube>.xml`) replaces or
+/// extends (`super()`) the same parts ([`super::xen_template`]). `os`, `features` and
+/// `devices` are the insides of their elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XenBlocks {
+    pub basic: String,
+    pub cpu: String,
+    pub os: String,
+    pub features: String,
+    pub clock: String,
+    pub on: String,
+    pub devices: String,
+}
+
+impl XenBlocks {
+    /// Each block by name, in document order.
+    pub fn named(&self) -> [(&'static str, &str); 7] {
+        [
+            ("basic", &self.basic),
+            ("cpu", &self.cpu),
+            ("os", &self.os),
+            ("features", &self.features),
+            ("clock", &self.clock),
+            ("on", &self.on),
+            ("devices", &self.devices),
+        ]
+    }
+
+    /// The document with `fill(name, text)` at each block: the blocks themselves, or (for
+    /// the base template) a block tag around them.
+    pub fn layout(&self, mut fill: impl FnMut(&str, &str) -> String) -> String {
+        let mut x = String::from("<domain type=\"xen\">\n");
+        for (name, text) in self.named() {
+            let (open, close) = match name {
+                "os" => ("    <os>\n", "    </os>\n"),
+                "features" => ("    <features>\n", "    </features>\n"),
+                "devices" => ("    <devices>\n", "    </devices>\n"),
+                _ => ("", ""),
+            };
+            x.push_str(open);
+            x.push_str(&fill(name, text));
+            x.push_str(close);
+        }
+        x.push_str("</domain>\n");
         x
+    }
+
+    /// The domain XML without overrides.
+    pub fn assemble(&self) -> String {
+        self.layout(|_, text| text.to_string())
     }
 }
 

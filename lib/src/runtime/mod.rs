@@ -11,6 +11,7 @@ pub mod client;
 pub mod dom0;
 pub mod domain_xml;
 pub mod proto;
+pub mod xen_template;
 
 #[cfg(feature = "libvirt")]
 pub mod eventd;

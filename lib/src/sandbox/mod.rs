@@ -47,6 +47,7 @@ pub fn config_for(dir: &Path) -> Config {
         run_dir: dir.join("run"),
         policy_dir: dir.join("etc/policy.d"),
         policy_compat_dir: dir.join("etc/qubes-rpc/policy"),
+        template_dirs: vec![dir.join("etc/templates")],
         dom0: crate::config::Dom0Config::for_uri("test:///default"),
         ..Config::default()
     }
@@ -64,6 +65,14 @@ pub fn env_lines(c: &Config) -> String {
         (
             "QUBES_POLICY_COMPAT_DIR",
             c.policy_compat_dir.to_string_lossy(),
+        ),
+        (
+            "QUBES_TEMPLATE_DIRS",
+            std::env::join_paths(&c.template_dirs)
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+                .into(),
         ),
         // No qmemman, QubesDB or qrexec here, whatever the URI.
         ("QUBES_DOM0_SERVICES", "sandbox".into()),

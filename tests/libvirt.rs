@@ -810,7 +810,7 @@ fn killed_disposable_is_cleaned_up() {
 fn start_with_its_netvm_chain() {
     let Some(mut env) = setup() else { return };
     env.start_helper();
-    let call = |m: &str, dest: &str, payload: &[u8]| -> String {
+    let run = |m: &str, dest: &str, payload: &[u8]| -> std::process::Output {
         let mut cmd = Command::new(CALL);
         cmd.arg("--socket-request")
             .env("QUBES_XML_PATH", env.tmp.path().join("qubes.xml"))
@@ -821,12 +821,16 @@ fn start_with_its_netvm_chain() {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut req = format!("{m} dom0 name {dest}\0").into_bytes();
         req.extend_from_slice(payload);
         child.stdin.take().unwrap().write_all(&req).unwrap();
-        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+        child.wait_with_output().unwrap()
+    };
+    let call = |m: &str, dest: &str, payload: &[u8]| -> String {
+        String::from_utf8(run(m, dest, payload).stdout).unwrap()
     };
     let varlib = env.tmp.path().join("varlib");
     // A required PCI device that this machine does not have: refused right after
@@ -1201,8 +1205,28 @@ fn start_with_its_netvm_chain() {
         .exists());
     // A qube paused and stopped behind our back (as by its guest, a crash, another tool): the
     // helper logs `domain-paused`, and runs the stop processing (events, private committed,
-    // started mark gone).
-    assert_eq!(call("admin.vm.Start+", "a1", b""), "0\0");
+    // started mark gone). It has an auto-attach assignment, which the reference would attach
+    // after the start and this implementation does not: the start says so on stderr.
+    let xml = std::fs::read_to_string(&xml_path).unwrap();
+    let at = xml.find("appvms/a1/volatile").unwrap();
+    let at = at + xml[at..].find("</volume-config>\n").unwrap() + "</volume-config>\n".len();
+    std::fs::write(
+        &xml_path,
+        format!(
+            "{}      <devices class=\"block\"><device backend-domain=\"dom0\" id=\"sda\" \
+             mode=\"auto-attach\" identity=\"*\"/></devices>\n{}",
+            &xml[..at],
+            &xml[at..]
+        ),
+    )
+    .unwrap();
+    let started = run("admin.vm.Start+", "a1", b"");
+    assert_eq!(started.stdout, b"0\0");
+    assert_eq!(
+        String::from_utf8_lossy(&started.stderr),
+        "qubes-admin: a1: block device dom0+sda (auto-attach) not attached: qubes-admin-rs \
+         attaches only required devices at start\n"
+    );
     env.events_after(&mut seen);
     let marks = |env: &Env| {
         std::fs::read_dir(env.run_dir().join("qubes-admin"))

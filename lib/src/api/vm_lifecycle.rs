@@ -430,6 +430,7 @@ fn spawn(
     services.start_qrexec(&qrexec).map_err(ApiError::from)?;
     crate::model::lifecycle::mark_started(ctx, id)?;
     ctx.emit(name, "domain-start", &guid);
+    crate::model::lifecycle::report_unattached_assignments(ctx, id);
     Ok(())
 }
 

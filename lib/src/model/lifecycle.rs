@@ -442,9 +442,11 @@ impl RequiredDevices {
     }
 }
 
-/// A `required` device assignment as qubes.xml stores it.
+/// A device assignment as qubes.xml stores it.
 struct Assignment {
     class: String,
+    /// `required`, `auto-attach` or `ask-to-attach` (a missing mode is `required`).
+    mode: String,
     backend: String,
     port: String,
     options: Vec<(String, String)>,
@@ -459,10 +461,37 @@ impl Assignment {
     }
 }
 
-/// The `required` assignments of qube `id`, every class (`<devices class="pci"><device
-/// backend-domain="dom0" id="00_14.0" mode="required" identity="…"><option
-/// name="no-strict-reset">True</option>`; a missing mode is `required`).
+/// The `required` assignments of qube `id`, every class.
 fn required_assignments(ctx: &Ctx<'_>, id: DomId) -> Result<Vec<Assignment>, ApiError> {
+    let mut all = assignments(ctx, id)?;
+    all.retain(|a| a.mode == "required");
+    Ok(all)
+}
+
+/// Says, on the call's standard error (the journal), which of qube `id`'s assignments that
+/// the reference would attach after its start (`auto-attach`, `ask-to-attach`; §D.8) this
+/// implementation leaves unattached: their devices would otherwise be missing without a word.
+pub fn report_unattached_assignments(ctx: &Ctx<'_>, id: DomId) {
+    let Ok(all) = assignments(ctx, id) else {
+        return;
+    };
+    for a in all.iter().filter(|a| a.mode != "required") {
+        eprintln!(
+            "qubes-admin: {}: {} device {}+{} ({}) not attached: qubes-admin-rs attaches only \
+             required devices at start",
+            ctx.doc().name(id),
+            a.class,
+            a.backend,
+            a.port,
+            a.mode
+        );
+    }
+}
+
+/// Every assignment of qube `id`, every class (`<devices class="pci"><device
+/// backend-domain="dom0" id="00_14.0" mode="required" identity="…"><option
+/// name="no-strict-reset">True</option>`).
+fn assignments(ctx: &Ctx<'_>, id: DomId) -> Result<Vec<Assignment>, ApiError> {
     use crate::store::xml::{attr, decode, Lexer, TokKind};
     if !ctx.doc().may_contain(id, b"<devices") {
         return Ok(Vec::new());
@@ -487,11 +516,9 @@ fn required_assignments(ctx: &Ctx<'_>, id: DomId) -> Result<Vec<Assignment>, Api
                         b"devices" => class = get("class").unwrap_or_default(),
                         b"device" => {
                             current = None;
-                            if get("mode").is_some_and(|m| m != "required") {
-                                continue;
-                            }
                             let a = Assignment {
                                 class: class.clone(),
+                                mode: get("mode").unwrap_or_else(|| "required".to_string()),
                                 backend: get("backend-domain").unwrap_or_default(),
                                 port: get("id").unwrap_or_default(),
                                 options: Vec::new(),

@@ -146,8 +146,8 @@ fn describe(e: &Error) -> String {
     s
 }
 
-/// Prints values as Jinja2 with `autoescape=True` does: Python's `str()` (`True`, `None`),
-/// escaped as MarkupSafe escapes (`&<>"'`), unless marked safe or escaping is off.
+/// Prints values as Jinja2 with `autoescape=True` does: booleans and None as Python prints them
+/// (`True`, `None`), escaped as MarkupSafe escapes (`&<>"'`), unless safe or escaping is off.
 fn format_value(
     out: &mut minijinja::Output,
     state: &mut State,

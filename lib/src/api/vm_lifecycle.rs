@@ -350,7 +350,7 @@ fn spawn(
     name: &str,
     netvm: Option<DomId>,
     st: &Storage,
-    devices: crate::model::lifecycle::RequiredDevices,
+    mut devices: crate::model::lifecycle::RequiredDevices,
     spawned: &mut bool,
 ) -> Result<(), StartFailure> {
     let early = |e: ApiError| StartFailure {
@@ -363,6 +363,7 @@ fn spawn(
             ctx.config.libvirt_uri
         ))));
     };
+    let unattached = std::mem::take(&mut devices.unattached);
     let spec = crate::model::lifecycle::domain_spec(ctx, id, &st.dir, &st.pools, &st.vols, devices)
         .map_err(early)?;
     let xml = match flavour {
@@ -430,7 +431,7 @@ fn spawn(
     services.start_qrexec(&qrexec).map_err(ApiError::from)?;
     crate::model::lifecycle::mark_started(ctx, id)?;
     ctx.emit(name, "domain-start", &guid);
-    crate::model::lifecycle::report_unattached_assignments(ctx, id);
+    crate::model::lifecycle::report_unattached(name, &unattached);
     Ok(())
 }
 

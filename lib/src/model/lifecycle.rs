@@ -382,7 +382,14 @@ pub fn required_devices(
 ) -> Result<RequiredDevices, ApiError> {
     use crate::runtime::domain_xml::{BlockDevice, PciDevice};
     let mut out = RequiredDevices::default();
-    for a in required_assignments(ctx, id)? {
+    let (required, later): (Vec<_>, Vec<_>) = assignments(ctx, id)?
+        .into_iter()
+        .partition(|a| a.mode == "required");
+    out.unattached = later
+        .iter()
+        .map(|a| format!("{} device {}+{} ({})", a.class, a.backend, a.port, a.mode))
+        .collect();
+    for a in required {
         let mut class = a.class.clone();
         if let Some(first) = class.get_mut(..1) {
             first.make_ascii_uppercase();
@@ -434,6 +441,11 @@ pub fn required_devices(
 pub struct RequiredDevices {
     pub pci: Vec<crate::runtime::domain_xml::PciDevice>,
     pub block: Vec<crate::runtime::domain_xml::BlockDevice>,
+    /// The assignments the reference attaches after the start (`auto-attach`, `ask-to-attach`;
+    /// §D.8) and this implementation does not (`block device dom0+sda (auto-attach)`): the
+    /// Start reports them ([`report_unattached`]) rather than leave the devices missing
+    /// without a word.
+    pub unattached: Vec<String>,
 }
 
 impl RequiredDevices {
@@ -461,29 +473,13 @@ impl Assignment {
     }
 }
 
-/// The `required` assignments of qube `id`, every class.
-fn required_assignments(ctx: &Ctx<'_>, id: DomId) -> Result<Vec<Assignment>, ApiError> {
-    let mut all = assignments(ctx, id)?;
-    all.retain(|a| a.mode == "required");
-    Ok(all)
-}
-
-/// Says, on the call's standard error (the journal), which of qube `id`'s assignments that
-/// the reference would attach after its start (`auto-attach`, `ask-to-attach`; §D.8) this
-/// implementation leaves unattached: their devices would otherwise be missing without a word.
-pub fn report_unattached_assignments(ctx: &Ctx<'_>, id: DomId) {
-    let Ok(all) = assignments(ctx, id) else {
-        return;
-    };
-    for a in all.iter().filter(|a| a.mode != "required") {
+/// Says on the call's standard error (the journal) which assignments of qube `name` stay
+/// unattached ([`RequiredDevices::unattached`]).
+pub fn report_unattached(name: &str, unattached: &[String]) {
+    for a in unattached {
         eprintln!(
-            "qubes-admin: {}: {} device {}+{} ({}) not attached: qubes-admin-rs attaches only \
-             required devices at start",
-            ctx.doc().name(id),
-            a.class,
-            a.backend,
-            a.port,
-            a.mode
+            "qubes-admin: {name}: {a} not attached: qubes-admin-rs attaches only required \
+             devices at start"
         );
     }
 }

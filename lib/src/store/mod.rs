@@ -301,7 +301,7 @@ pub fn sweep_stale_temps(path: &Path) -> usize {
     n
 }
 
-/// Removes the index's temp files (`qubes.xml.index.<pid>`, see [`write_index`]) whose process
+/// Removes the index's temp files (`qubes.xml.index.<pid>`, written by `write_index`) whose process
 /// no longer exists: left by a crash between write and rename. A live reader may be writing
 /// one without the lock, hence the pid check rather than the lock. Returns how many were removed.
 pub fn sweep_dead_index_temps(index: &Path) -> usize {

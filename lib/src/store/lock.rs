@@ -30,7 +30,7 @@ pub fn try_lock_exclusive(file: &File) -> Result<bool, std::io::Error> {
     }
 }
 
-/// Outcome of [`lock_exclusive_timeout`].
+/// Outcome of [`lock_exclusive_until`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Locked {
     Yes,
